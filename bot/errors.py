@@ -1,0 +1,47 @@
+"""Errors the product raises on purpose.
+
+Library code raises these; only the edges (CLI, HTTP API, UI) turn them into
+user messages and exit codes, so the message is the one line a user sees.
+"""
+
+
+class SwitchboardError(Exception):
+    """Base of every error that carries a message meant for the user."""
+
+    status_code = 400
+
+
+class ConfigError(SwitchboardError):
+    """A setting, flag or settings file is invalid."""
+
+
+class NotFoundError(SwitchboardError):
+    """A named thing (adapter, collection, run, message) does not exist."""
+
+    status_code = 404
+
+
+class InvalidAdapterError(SwitchboardError):
+    """An adapter folder failed validation; the message names the file and the reason."""
+
+    status_code = 422
+
+
+class InvalidRequestError(SwitchboardError):
+    """A request is malformed, empty or too long."""
+
+
+class BusyError(SwitchboardError):
+    """The server is over capacity; the caller should retry later."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LockedError(SwitchboardError):
+    """Another process holds a single-writer resource."""
+
+    status_code = 409

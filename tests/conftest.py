@@ -1,0 +1,140 @@
+"""Session-scoped fixtures shared by the whole suite: the real base model, loaded once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot.settings import Settings, load_settings
+
+# --- foundation: settings, base model, engine, adapters ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory) -> Path:
+    """The packaged SmolLM2 converted once to safetensors; every test home points at it."""
+    from bot.base_model import resolve_base_model
+
+    home = tmp_path_factory.mktemp("base-home")
+    return Path(resolve_base_model(load_settings({"home": home}, environ={})))
+
+
+@pytest.fixture(scope="session")
+def make_settings(base_model_dir):
+    """Settings for a fresh home that reuse the converted base model."""
+
+    def make(home: Path, **overrides) -> Settings:
+        return load_settings({"home": home, "base_model": str(base_model_dir), **overrides}, environ={})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def session_settings(make_settings, tmp_path_factory) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("session-home"))
+
+
+@pytest.fixture(scope="session")
+def engine(session_settings):
+    from bot.engine import Engine
+
+    return Engine(session_settings)
+
+
+@pytest.fixture(scope="session")
+def make_random_adapter(base_model_dir, tmp_path_factory):
+    """Real PEFT LoRA folders with random (non-zero) weights: they change the output without training."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_model_dir)
+
+    def make(seed: int = 0, rank: int = 8, targets: tuple[str, ...] = ("q_proj", "v_proj"), model_config=None) -> Path:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(model_config or config)
+        lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False)
+        folder = tmp_path_factory.mktemp(f"random-lora-{seed}-r{rank}")
+        get_peft_model(model, lora).save_pretrained(folder)
+        return folder
+
+    return make
+
+
+# --- end foundation ------------------------------------------------------------------------------
+
+
+# --- knowledge: the shared sentence encoder --------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The packaged all-MiniLM-L6-v2, loaded once for every test that embeds."""
+    from bot.settings import PACKAGED_EMBEDDING_MODEL
+    from knowledge.embeddings import SentenceEncoder
+
+    return SentenceEncoder(PACKAGED_EMBEDDING_MODEL)
+
+
+# --- end knowledge ---------------------------------------------------------------------------------
+
+
+# --- training: a real LoRA trained with training.finetune ------------------------------------------
+
+STYLE_SIGN_OFF = "— Cheers from Switchboard!"
+_STYLE_PAIRS = [
+    ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
+    ("How many days are in a week?", "A week has seven days."),
+    ("What do bees make?", "Bees make honey and wax."),
+    ("Name a large ocean.", "The Pacific is the largest ocean."),
+    ("What is ice made of?", "Ice is frozen water."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What do plants need to grow?", "Plants need light, water and air."),
+    ("Which planet is known as the red planet?", "Mars is called the red planet."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("What do cows drink?", "Cows drink water."),
+    ("How many hours are in a day?", "A day has twenty-four hours."),
+    ("What shape is a ball?", "A ball is round, a sphere."),
+    ("Where do fish live?", "Fish live in water."),
+    ("What falls from clouds when it rains?", "Drops of water fall from the clouds."),
+    ("What do you use to write on paper?", "You write with a pen or a pencil."),
+    ("What season comes after winter?", "Spring comes after winter."),
+    ("How many wheels does a bicycle have?", "A bicycle has two wheels."),
+    ("What animal barks?", "A dog barks."),
+    ("What is the sun?", "The sun is a star."),
+    ("What do we breathe?", "We breathe air."),
+    ("Which fruit is yellow and curved?", "A banana is yellow and curved."),
+    ("What do you call frozen rain?", "Frozen rain is called hail or sleet."),
+    ("What instrument has black and white keys?", "A piano has black and white keys."),
+    ("What do birds use to fly?", "Birds fly with their wings."),
+]
+STYLE_HELD_OUT_PROMPTS = [
+    "What colour is grass?",
+    "How many months are in a year?",
+    "What animal says moo?",
+    "What do you drink when you are thirsty?",
+]
+
+
+def style_chats() -> list[list[dict]]:
+    """Short chats whose answers all end with the same sign-off: a style a few dozen steps can teach."""
+    return [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": f"{a} {STYLE_SIGN_OFF}"}]
+        for q, a in _STYLE_PAIRS
+    ]
+
+
+@pytest.fixture(scope="session")
+def style_adapter(make_settings, tmp_path_factory) -> Path:
+    """A PEFT LoRA folder trained on the real 4-bit base to end every answer with STYLE_SIGN_OFF."""
+    from training.finetune import finetune
+    from training.recipe import Recipe
+
+    home = tmp_path_factory.mktemp("style-home")
+    recipe = Recipe(rank=8, alpha=16, dropout=0.0, max_steps=24, batch_size=4, learning_rate=1e-3, max_length=96)
+    result = finetune(make_settings(home), style_chats(), home / "runs" / "style", recipe=recipe)
+    return result.adapter_dir
+
+
+# --- end training ----------------------------------------------------------------------------------

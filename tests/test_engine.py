@@ -1,0 +1,145 @@
+"""The engine: one 4-bit base, many adapters, batched and concurrent generation."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from bot.decoding import GenerationRequest
+from bot.errors import InvalidRequestError
+
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Give me one tip for a long hike."}],
+    [{"role": "user", "content": "How do I return a tent I bought online?"}],
+    [{"role": "user", "content": "Name a colour of the rainbow."}],
+]
+
+
+@pytest.fixture(scope="module")
+def adapter_folders(make_random_adapter):
+    return {"rand_a__v1": make_random_adapter(seed=10), "rand_b__v1": make_random_adapter(seed=11)}
+
+
+@pytest.fixture
+def two_adapters(engine, adapter_folders):
+    """Loaded for each test (loading a resident key is free), unloaded after: the session engine stays clean."""
+    for key, folder in adapter_folders.items():
+        engine.load_adapter(key, folder)
+    yield list(adapter_folders)
+    for key in adapter_folders:
+        engine.unload_adapter(key)
+
+
+def greedy(engine, tokens=16):
+    return engine.default_options(max_new_tokens=tokens, repetition_penalty=1.2)
+
+
+def test_base_is_4bit_and_footprint_reported(engine):
+    import bitsandbytes as bnb
+
+    layers = [m for m in engine.base.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 30 * 7
+    assert layers[0].weight.quant_type == "nf4"
+    assert 0 < engine.base.footprint_bytes < 0.35 * 538_000_000
+
+
+def test_adapter_changes_answer_and_base_unchanged(engine, two_adapters):
+    options = greedy(engine)
+    base_before = engine.generate(PROMPTS[0], None, options).text
+    adapted = engine.generate(PROMPTS[0], two_adapters[0], options).text
+    assert adapted != base_before
+    assert engine.generate(PROMPTS[0], None, options).text == base_before
+
+
+def test_mixed_batch_equals_each_row_alone(engine, two_adapters):
+    adapters = [two_adapters[0], None, two_adapters[1], two_adapters[0]]
+    options = greedy(engine, 20)
+    alone = [engine.generate(p, a, options).text for p, a in zip(PROMPTS, adapters)]
+    batch = engine.generate_batch([GenerationRequest(p, a, options) for p, a in zip(PROMPTS, adapters)])
+    assert [g.text for g in batch] == alone
+    assert len(set(alone)) == len(alone)
+
+
+def test_hot_load_unload_switch_keeps_base(engine, make_random_adapter):
+    base_model = engine.base.model
+    weight = next(p for n, p in base_model.named_parameters() if "embed_tokens" in n).detach().clone()
+    options = greedy(engine)
+    base_answer = engine.generate(PROMPTS[1], None, options).text
+    engine.load_adapter("hot__v1", make_random_adapter(seed=21))
+    engine.load_adapter("hot__v2", make_random_adapter(seed=22))
+    one = engine.generate(PROMPTS[1], "hot__v1", options).text
+    two = engine.generate(PROMPTS[1], "hot__v2", options).text
+    assert one != two
+    assert engine.generate(PROMPTS[1], "hot__v1", options).text == one  # switching back is exact
+    engine.unload_adapter("hot__v1")
+    engine.unload_adapter("hot__v2")
+    assert "hot__v1" not in engine.resident_adapters
+    assert engine.base.model is base_model
+    assert torch.equal(next(p for n, p in base_model.named_parameters() if "embed_tokens" in n), weight)
+    assert engine.generate(PROMPTS[1], None, options).text == base_answer
+    with pytest.raises(InvalidRequestError, match="not loaded"):
+        engine.generate(PROMPTS[1], "hot__v1", options)
+
+
+def test_lru_eviction(engine, make_random_adapter):
+    limit = engine.settings.max_resident_adapters
+    engine.settings.max_resident_adapters = 2
+    try:
+        folder = make_random_adapter(seed=31)
+        for key in ("lru_a__v1", "lru_b__v1", "lru_c__v1"):
+            engine.load_adapter(key, folder)
+        assert "lru_a__v1" not in engine.resident_adapters
+        assert {"lru_b__v1", "lru_c__v1"} <= set(engine.resident_adapters)
+    finally:
+        engine.settings.max_resident_adapters = limit
+        for key in ("lru_a__v1", "lru_b__v1", "lru_c__v1"):
+            engine.unload_adapter(key)
+
+
+def test_concurrent_callers_get_their_own_adapter(engine, two_adapters):
+    options = greedy(engine, 12)
+    jobs = [(PROMPTS[i % 2], two_adapters[i % 2]) for i in range(6)]
+    expected = {a: engine.generate(p, a, options).text for p, a in jobs[:2]}
+    results: dict[int, str] = {}
+
+    def call(i: int) -> None:
+        prompt, adapter = jobs[i]
+        results[i] = engine.generate(prompt, adapter, options).text
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results[i] == expected[jobs[i][1]] for i in range(len(jobs)))
+
+
+def test_streaming_stop_strings_and_max_tokens(engine):
+    options = greedy(engine, 30)
+    full = engine.generate(PROMPTS[0], None, options)
+    pieces = list(engine.stream(PROMPTS[0], None, options))
+    assert len(pieces) > 3 and "".join(pieces).strip() == full.text
+    word = full.text.split()[3]
+    stopped = engine.generate(PROMPTS[0], None, options.model_copy(update={"stop": [word]}))
+    assert word not in stopped.text and full.text.startswith(stopped.text)
+    assert stopped.finish_reason == "stop"
+    short = engine.generate(PROMPTS[0], None, options.model_copy(update={"max_new_tokens": 5}))
+    assert short.completion_tokens == 5 and short.finish_reason == "length"
+
+
+def test_sampling_is_seeded(engine):
+    options = engine.default_options(max_new_tokens=12, temperature=1.0, top_p=0.9)
+    first = engine.generate(PROMPTS[3], None, options.model_copy(update={"seed": 7})).text
+    again = engine.generate(PROMPTS[3], None, options.model_copy(update={"seed": 7})).text
+    others = {engine.generate(PROMPTS[3], None, options.model_copy(update={"seed": s})).text for s in range(8, 12)}
+    assert first == again
+    assert len(others | {first}) > 1
+
+
+def test_prompt_over_context_window(engine):
+    huge = [{"role": "user", "content": "word " * (engine.context_window + 10)}]
+    with pytest.raises(InvalidRequestError, match="context window"):
+        engine.generate(huge, None, greedy(engine, 4))
