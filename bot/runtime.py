@@ -40,6 +40,19 @@ class Runtime:
 
         return Engine(self.settings)
 
+    @cached_property
+    def encoder(self):
+        """One embedding model for the router and the knowledge base."""
+        from knowledge.embeddings import SentenceEncoder
+
+        return SentenceEncoder(self.settings.embedding_model)
+
+    @cached_property
+    def knowledge(self):
+        from knowledge import KnowledgeBase
+
+        return KnowledgeBase(self.settings, self.encoder)
+
     def enabled_adapter(self, name: str) -> Manifest:
         """The served version of an adapter, or a clear error when it cannot be served."""
         manifest = self.registry.get(name)
