@@ -19,5 +19,7 @@ class KnowledgeConfig(BaseModel):
     @model_validator(mode="after")
     def _overlap_below_size(self) -> "KnowledgeConfig":
         if self.chunk_overlap >= self.chunk_tokens:
-            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})")
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
+            )
         return self

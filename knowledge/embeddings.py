@@ -38,6 +38,14 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def canonical_model_name(name: str) -> str:
+    """One name per model, so the aliases of a packaged model are recognized as the same weights."""
+    packaged = PACKAGED_MODELS.get(name)
+    if packaged is None:
+        return name
+    return next(alias for alias, target in PACKAGED_MODELS.items() if target == packaged)
+
+
 class SentenceEncoder:
     """A sentence-transformers model as an :class:`Encoder`; thread-safe, batched.
 

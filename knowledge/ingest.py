@@ -1,0 +1,100 @@
+"""From paths on disk to documents ready to embed, and the report of what happened to each.
+
+Everything that can go wrong with a file (missing, too large, unsupported,
+empty, binary, encrypted, corrupt) is found here, before anything is written,
+so a bad file costs only its own line in ``skipped``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from knowledge.chunking import Chunk, Chunker
+from knowledge.loaders import UnreadableDocument, load_document
+
+# Bump when loading or chunking changes what a file turns into, so re-ingesting re-chunks unchanged files.
+PIPELINE_VERSION = "1"
+
+
+@dataclass
+class IngestReport:
+    collection: str = field(metadata={"help": "Collection the documents went into."})
+    documents: int = field(default=0, metadata={"help": "Documents written (new or replaced)."})
+    chunks: int = field(default=0, metadata={"help": "Chunks written."})
+    skipped: list[dict] = field(default_factory=list, metadata={"help": "{path, reason} of every file not ingested."})
+    unchanged: list[str] = field(
+        default_factory=list, metadata={"help": "Sources already ingested with identical content and settings."}
+    )
+
+    def skip(self, path: Path | str, reason: str) -> None:
+        self.skipped.append({"path": str(path), "reason": reason})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PreparedDocument:
+    path: Path
+    source: str
+    title: str
+    doc_hash: str
+    chunks: list[Chunk]
+
+
+def expand(paths: list[Path], report: IngestReport) -> list[Path]:
+    """Files named or found (recursively, hidden ones aside) in named folders; a source name used twice is skipped."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            report.skip(path, "no such file or folder")
+    unique: dict[str, Path] = {}
+    for path in files:
+        if path.name in unique:
+            report.skip(path, f"another file named '{path.name}' is in this batch (sources are file names)")
+        else:
+            unique[path.name] = path
+    return list(unique.values())
+
+
+def read(path: Path, max_bytes: int, fingerprint: str) -> tuple[bytes, str]:
+    """The file's bytes and its hash, salted with the pipeline settings; oversized files are refused unread."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise UnreadableDocument(f"file is {_human(size)}, over the {_human(max_bytes)} limit")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UnreadableDocument(f"cannot read file ({exc.strerror or exc})") from exc
+    return data, hashlib.sha256(fingerprint.encode() + b"\0" + data).hexdigest()
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
+
+
+def prepare(path: Path, data: bytes, doc_hash: str, chunker: Chunker) -> PreparedDocument:
+    document = load_document(data, path.name)
+    chunks = chunker.split(document)
+    if not chunks:
+        raise UnreadableDocument("no text to index")
+    return PreparedDocument(path, path.name, document.title, doc_hash, chunks)
+
+
+def chunk_id(collection: str, source: str, index: int, text: str) -> str:
+    """Stable across re-ingests: the same text at the same place keeps its id."""
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+    return f"{collection}:{source}:{index}:{digest}"
