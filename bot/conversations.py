@@ -1,0 +1,354 @@
+"""The conversation log: every chat turn and every rating, in SQLite.
+
+The log is the raw material of new adapters, so it must lose nothing: each
+turn (the user's message and the answer) is written in one transaction, the
+database runs in WAL mode with a busy timeout, and every call opens its own
+connection, so threads and processes can write at once. The schema only grows
+through the named migrations at the bottom of this module, each recorded in
+``_migrations`` once applied.
+
+Each assistant message keeps what is needed to rebuild the exact prompt it
+was served with (system prompt, sources, earlier messages), so training can
+train as we serve.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from bot.errors import InvalidRequestError, NotFoundError
+
+BUSY_TIMEOUT_MS = 30_000
+MAX_ID_CHARS = 128
+PAGE = 500
+Rating = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class TurnIds:
+    conversation_id: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One logged exchange as training reads it: the question, the answer to learn, and how it was served."""
+
+    message_id: str = field(metadata={"help": "Id of the assistant message (the one ratings refer to)."})
+    conversation_id: str
+    user: str = field(metadata={"help": "The user's message, without sources."})
+    answer: str = field(metadata={"help": "The operator's correction when there is one, else the logged answer."})
+    logged_answer: str = field(metadata={"help": "What the model answered."})
+    corrected: bool
+    rating: Rating | None = field(metadata={"help": "The latest rating of the answer, if any."})
+    comment: str | None
+    system_prompt: str | None = field(metadata={"help": "The system message exactly as served."})
+    sources: list[dict] = field(metadata={"help": "Retrieved passages shown with the question, in order."})
+    history: list[dict] = field(metadata={"help": "Earlier {role, content} messages of the conversation."})
+    adapter: str | None
+    adapter_version: int | None
+    confidence: float | None
+    latency_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    created_at: str
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _timestamp(value: str | date | datetime | None) -> str | None:
+    """Dates and times as the log stores them (ISO 8601, UTC), so ranges compare as strings."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise InvalidRequestError(f"not an ISO date or time: {value!r}") from exc
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _check_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_CHARS:
+        raise InvalidRequestError(f"invalid {what}: use 1-{MAX_ID_CHARS} characters")
+    return value
+
+
+class ConversationLog:
+    """The log in one SQLite file; safe to share between threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            migrate(db)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own for each call: sqlite3 connections must not be shared across threads."""
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA foreign_keys=ON")
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the write lock first, so concurrent writers queue instead of failing."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # --- writing ---
+
+    def log_turn(
+        self,
+        conversation_id: str | None,
+        user: str,
+        answer: str,
+        *,
+        adapter: str | None,
+        adapter_version: int | None,
+        confidence: float | None,
+        sources: list[dict],
+        latency_ms: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        system_prompt: str | None = None,
+    ) -> TurnIds:
+        """Log the user's message and the answer together; a None conversation id starts a new conversation."""
+        conversation_id = _new_id("conv") if conversation_id is None else _check_id(conversation_id, "conversation id")
+        user_id, answer_id = _new_id("msg"), _new_id("msg")
+        now = _now()
+        sources_json = json.dumps(list(sources or []), ensure_ascii=False)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
+                (conversation_id, now, now),
+            )
+            seq = db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+            db.execute(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, created_at) VALUES (?, ?, ?, 'user', ?, ?)",
+                (user_id, conversation_id, seq + 1, user, now),
+            )
+            db.execute(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, reply_to, system_prompt, adapter,"
+                " adapter_version, confidence, sources, latency_ms, prompt_tokens, completion_tokens, created_at)"
+                " VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    answer_id, conversation_id, seq + 2, answer, user_id, system_prompt, adapter, adapter_version,
+                    confidence, sources_json, latency_ms, prompt_tokens, completion_tokens, now,
+                ),
+            )
+        return TurnIds(conversation_id, answer_id)
+
+    def add_feedback(
+        self, message_id: str, rating: Rating, comment: str | None = None, correction: str | None = None
+    ) -> None:
+        """Rate an answer; a correction is the answer it should have been, and replaces it in training data."""
+        if rating not in ("up", "down"):
+            raise InvalidRequestError(f"rating must be 'up' or 'down', not {rating!r}")
+        if correction is not None and not correction.strip():
+            raise InvalidRequestError("the correction is empty")
+        with self._write() as db:
+            row = db.execute("SELECT role FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no message {message_id!r}")
+            if row["role"] != "assistant":
+                raise InvalidRequestError("only answers can be rated")
+            db.execute(
+                "INSERT INTO feedback (message_id, rating, comment, correction, created_at) VALUES (?, ?, ?, ?, ?)",
+                (message_id, rating, comment, correction, _now()),
+            )
+
+    # --- reading ---
+
+    def history(self, conversation_id: str, limit: int = 20) -> list[dict]:
+        """The last ``limit`` messages of a conversation, oldest first; none for an unknown conversation."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY seq DESC LIMIT ?",
+                (conversation_id, max(0, int(limit))),
+            ).fetchall()
+        return [{"role": r["role"], "content": r["content"]} for r in reversed(rows)]
+
+    def count_messages(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    def turns(
+        self,
+        adapter: str | None = None,
+        rating: Rating | None = None,
+        since: str | date | datetime | None = None,
+        until: str | date | datetime | None = None,
+        corrected_only: bool = False,
+        history_limit: int = 20,
+    ) -> Iterator[Turn]:
+        """Logged turns, oldest first. ``adapter="base"`` selects turns answered without an adapter;
+        ``rating`` matches the latest rating; ``until`` is exclusive."""
+        where, params = ["a.role = 'assistant'"], []
+        if adapter == "base":
+            where.append("a.adapter IS NULL")
+        elif adapter is not None:
+            where.append("a.adapter = ?")
+            params.append(adapter)
+        if rating is not None:
+            where.append("f.rating = ?")
+            params.append(rating)
+        if since is not None:
+            where.append("a.created_at >= ?")
+            params.append(_timestamp(since))
+        if until is not None:
+            where.append("a.created_at < ?")
+            params.append(_timestamp(until))
+        if corrected_only:
+            where.append("c.correction IS NOT NULL")
+        query = (
+            "SELECT a.rowid AS row, a.*, u.content AS user_content, f.rating, f.comment, c.correction "
+            "FROM messages a JOIN messages u ON u.id = a.reply_to "
+            "LEFT JOIN feedback f ON f.id = (SELECT MAX(id) FROM feedback WHERE message_id = a.id) "
+            "LEFT JOIN feedback c ON c.id = (SELECT MAX(id) FROM feedback WHERE message_id = a.id AND correction IS NOT NULL) "
+            f"WHERE {' AND '.join(where)} AND a.rowid > ? ORDER BY a.rowid LIMIT {PAGE}"
+        )
+        last = 0
+        while True:
+            with self._connect() as db:
+                rows = db.execute(query, (*params, last)).fetchall()
+                page = [self._turn(db, row, history_limit) for row in rows]
+            yield from page
+            if len(rows) < PAGE:
+                return
+            last = rows[-1]["row"]
+
+    def _turn(self, db: sqlite3.Connection, row: sqlite3.Row, history_limit: int) -> Turn:
+        user_seq = row["seq"] - 1
+        earlier = db.execute(
+            "SELECT role, content FROM messages WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (row["conversation_id"], user_seq, max(0, history_limit)),
+        ).fetchall()
+        correction = row["correction"]
+        return Turn(
+            message_id=row["id"],
+            conversation_id=row["conversation_id"],
+            user=row["user_content"],
+            answer=correction if correction is not None else row["content"],
+            logged_answer=row["content"],
+            corrected=correction is not None,
+            rating=row["rating"],
+            comment=row["comment"],
+            system_prompt=row["system_prompt"],
+            sources=json.loads(row["sources"] or "[]"),
+            history=[{"role": r["role"], "content": r["content"]} for r in reversed(earlier)],
+            adapter=row["adapter"],
+            adapter_version=row["adapter_version"],
+            confidence=row["confidence"],
+            latency_ms=row["latency_ms"],
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            created_at=row["created_at"],
+        )
+
+
+# --- schema migrations: append new ones, never edit an applied one ----------------------------
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply the migrations this database has not seen, in order, each recorded in ``_migrations``.
+
+    The check and the changes share one write transaction, so two processes
+    opening a new log at once cannot both apply a migration.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+        applied = []
+        for fn in MIGRATIONS:
+            if fn.__name__ in done:
+                continue
+            fn(db)
+            db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, _now()))
+            applied.append(fn.__name__)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return applied
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE conversations (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    db.execute(
+        """CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            seq INTEGER NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            content TEXT NOT NULL,
+            reply_to TEXT REFERENCES messages(id),
+            system_prompt TEXT,
+            adapter TEXT,
+            adapter_version INTEGER,
+            confidence REAL,
+            sources TEXT,
+            latency_ms REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            created_at TEXT NOT NULL,
+            UNIQUE (conversation_id, seq)
+        )"""
+    )
+    db.execute("CREATE INDEX messages_adapter ON messages (adapter, created_at)")
+    db.execute(
+        """CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id TEXT NOT NULL REFERENCES messages(id),
+            rating TEXT NOT NULL CHECK (rating IN ('up', 'down')),
+            comment TEXT,
+            correction TEXT,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX feedback_message ON feedback (message_id, id)")
