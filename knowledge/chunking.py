@@ -62,11 +62,15 @@ class Chunker:
 
     def __init__(self, tokenizer, chunk_tokens: int, chunk_overlap: int, max_tokens: int) -> None:
         self._tokenizer = tokenizer
+        self._backend = _untruncated_copy(getattr(tokenizer, "backend_tokenizer", None))
         self.limit = max(16, min(chunk_tokens, max_tokens - _SPECIAL_TOKENS))
         self.overlap = min(chunk_overlap, self.limit // 4)
         self._splitters: dict[int, object] = {}
 
     def count(self, text: str) -> int:
+        """Tokens of ``text`` without special tokens; the fast backend also spares the over-length warning."""
+        if self._backend is not None:
+            return len(self._backend.encode(text, add_special_tokens=False).ids)
         return len(self._tokenizer.tokenize(text))
 
     def split(self, document: LoadedDocument) -> list[Chunk]:
@@ -107,6 +111,18 @@ class Chunker:
                 strip_whitespace=True,
             )
         return self._splitters[budget]
+
+
+def _untruncated_copy(backend):
+    """A private copy of a fast tokenizer that counts every token: the shared one truncates at the model's window."""
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
 
 
 def _joined(document: LoadedDocument) -> tuple[str, list[tuple[int, int | None]]]:
