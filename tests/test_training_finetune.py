@@ -1,0 +1,62 @@
+"""QLoRA fine-tuning on the real 4-bit base: the loss mask, the run folder, and a style the adapter learns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF, style_chats
+
+
+@pytest.fixture(scope="module")
+def base_and_adapter(make_settings, tmp_path_factory, style_adapter):
+    from peft import PeftModel
+
+    from bot.base_model import load_base
+
+    base = load_base(make_settings(tmp_path_factory.mktemp("finetune-eval")))
+    return base, PeftModel.from_pretrained(base.model, style_adapter)
+
+
+def test_style_adapter_is_a_peft_folder_with_the_run_record(style_adapter):
+    assert (style_adapter / "adapter_config.json").is_file()
+    assert (style_adapter / "adapter_model.safetensors").stat().st_size > 0
+    config = json.loads((style_adapter / "adapter_config.json").read_text())
+    assert config["r"] == 8
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    run_dir = style_adapter.parent
+    history = json.loads((run_dir / "log_history.json").read_text())
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert losses[-1] < losses[0] / 3, losses
+    assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run_dir / "recipe.json").read_text())["max_steps"] == 24
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_trained_adapter_signs_off_where_the_base_does_not(base_and_adapter):
+    from training.evaluate import greedy_answers
+
+    base, peft_model = base_and_adapter
+    prompts = [[{"role": "user", "content": p}] for p in STYLE_HELD_OUT_PROMPTS]
+    with peft_model.disable_adapter():
+        plain = greedy_answers(peft_model, base.tokenizer, prompts, max_new_tokens=24)
+    styled = greedy_answers(peft_model, base.tokenizer, prompts, max_new_tokens=24)
+    assert sum(STYLE_SIGN_OFF in answer for answer in plain) == 0, plain
+    assert sum(STYLE_SIGN_OFF in answer for answer in styled) >= 3, styled
+
+
+def test_loss_mask_covers_the_answer_and_its_end_of_turn_token(base_and_adapter):
+    """The pad token is <|im_end|> itself: the trained stop token must survive padding."""
+    from training.chat_template import assistant_spans, training_template
+
+    tokenizer = base_and_adapter[0].tokenizer
+    template = training_template(tokenizer)
+    chat = style_chats()[0]
+    ids, mask = assistant_spans(tokenizer, chat, template)
+    trained = [token for token, keep in zip(ids, mask) if keep]
+    assert tokenizer.decode(trained) == chat[-1]["content"] + "<|im_end|>"
+    assert trained[-1] == tokenizer.pad_token_id == tokenizer.eos_token_id
+    # The marked copy renders exactly what the served template renders.
+    assert tokenizer.apply_chat_template(chat, tokenize=False, chat_template=template) == tokenizer.apply_chat_template(
+        chat, tokenize=False
+    )
