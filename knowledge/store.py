@@ -82,12 +82,15 @@ class ChromaStore:
             parsed = urlparse(url)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise ConfigError(f"knowledge.chroma_url {url!r} is not an http(s) URL")
-            self.client = chromadb.HttpClient(
-                host=parsed.hostname,
-                port=parsed.port or (443 if parsed.scheme == "https" else 80),
-                ssl=parsed.scheme == "https",
-                settings=chroma_settings,
-            )
+            try:
+                self.client = chromadb.HttpClient(
+                    host=parsed.hostname,
+                    port=parsed.port or (443 if parsed.scheme == "https" else 80),
+                    ssl=parsed.scheme == "https",
+                    settings=chroma_settings,
+                )
+            except Exception as exc:  # chromadb raises ValueError or transport errors, depending on the failure
+                raise ConfigError(f"cannot reach the Chroma server at {url} ({exc})") from exc
         else:
             folder.mkdir(parents=True, exist_ok=True)
             self.client = chromadb.PersistentClient(str(folder), settings=chroma_settings)
