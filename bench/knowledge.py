@@ -147,7 +147,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,10000", help="Corpus sizes in chunks, ascending, comma-separated.")
     parser.add_argument("--questions", type=int, default=200, help="Labelled questions per size.")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice, as the server runs)."
+    )
     args = parser.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = sorted({int(s) // SECTIONS_PER_PAGE * SECTIONS_PER_PAGE for s in args.sizes.split(",")})
 
     from bot.settings import PACKAGED_EMBEDDING_MODEL, load_settings
@@ -177,8 +184,8 @@ def main() -> None:
                 print(f"{size} chunks done", file=sys.stderr)
 
     print(
-        f"\nknowledge base, {os.cpu_count()} CPUs, load average {load_before:.1f} before / "
-        f"{os.getloadavg()[0]:.1f} after; {args.questions} questions per size, k=5, medians"
+        f"\nknowledge base, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, load average "
+        f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after; {args.questions} questions per size, k=5"
     )
     header = (
         f"{'chunks':>7} | {'ingest ch/s':>11} | {'hybrid p50':>10} | {'p95':>6} | {'cpu':>6} | {'dense p50':>9} | "
