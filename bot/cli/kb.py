@@ -7,7 +7,6 @@ fail at once, naming the holder, while a server holds it; reading commands
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -44,6 +43,7 @@ def ingest(
     lines += [f"skipped: {item['path']}: {item['reason']}" for item in report.skipped]
     emit(report.to_dict(), as_json, "\n".join(lines))
     if report.skipped and not report.documents and not report.unchanged:
+        typer.echo("error: no document could be ingested", err=True)
         raise typer.Exit(1)
 
 
@@ -65,13 +65,15 @@ def search(
     """Hybrid (dense + BM25) search; every passage carries its source, section, chunk id and score."""
     with _open(home, read_only=True) as kb:
         passages = kb.search(query, collection, k=k, min_score=min_score)
-    if not passages:
-        print("nothing relevant found", file=sys.stderr)
     text = "\n\n".join(
         f"[{i}] {p.source}{f' ({p.section})' if p.section else ''}  score {p.score:.3f}  id {p.id}\n{p.text}"
         for i, p in enumerate(passages, start=1)
     )
-    emit([p.to_dict() for p in passages], as_json, text or "(nothing relevant)")
+    emit(
+        [p.to_dict() for p in passages],
+        as_json,
+        text or "(nothing relevant: no passage reached the relevance threshold)",
+    )
 
 
 @app.command("list")
