@@ -29,7 +29,7 @@ from knowledge.chunking import Chunker, searchable_text
 from knowledge.embeddings import canonical_model_name
 from knowledge.ingest import PIPELINE_VERSION, IngestReport, PreparedDocument, chunk_id, expand, prepare, read
 from knowledge.lexical import DocumentRecord, LexicalIndex
-from knowledge.loaders import UnreadableDocument
+from knowledge.loaders import UnreadableDocument, load_document
 from knowledge.passage import Passage
 from knowledge.retrieval import Mode, Target, hybrid_search
 from knowledge.store import MODEL_KEY, STATE_KEY, ChromaStore, WriterLock, check_collection_name
@@ -134,7 +134,8 @@ class KnowledgeBase:
                 if record is not None and record.doc_hash == doc_hash:
                     report.unchanged.append(path.name)
                     continue
-                prepared.append(prepare(path, data, doc_hash, self._get_chunker()))
+                document = load_document(data, path.name)  # before the chunker: a bad file needs no model
+                prepared.append(prepare(path, document, doc_hash, self._get_chunker()))
             except UnreadableDocument as exc:
                 report.skip(path, str(exc))
         return prepared

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from knowledge.chunking import Chunk, Chunker
-from knowledge.loaders import UnreadableDocument, load_document
+from knowledge.loaders import LoadedDocument, UnreadableDocument
 
 # Bump when loading or chunking changes what a file turns into, so re-ingesting re-chunks unchanged files.
 PIPELINE_VERSION = "1"
@@ -86,8 +86,7 @@ def _human(size: int) -> str:
     return f"{size} bytes"
 
 
-def prepare(path: Path, data: bytes, doc_hash: str, chunker: Chunker) -> PreparedDocument:
-    document = load_document(data, path.name)
+def prepare(path: Path, document: LoadedDocument, doc_hash: str, chunker: Chunker) -> PreparedDocument:
     chunks = chunker.split(document)
     if not chunks:
         raise UnreadableDocument("no text to index")

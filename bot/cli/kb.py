@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from, table
+from bot.errors import InvalidRequestError
 
 app = typer.Typer(
     help="Ingest documents into knowledge collections, search them, list and remove them.", no_args_is_help=True
@@ -43,8 +44,7 @@ def ingest(
     lines += [f"skipped: {item['path']}: {item['reason']}" for item in report.skipped]
     emit(report.to_dict(), as_json, "\n".join(lines))
     if report.skipped and not report.documents and not report.unchanged:
-        typer.echo("error: no document could be ingested", err=True)
-        raise typer.Exit(1)
+        raise InvalidRequestError("no document could be ingested")
 
 
 @app.command()
