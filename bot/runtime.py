@@ -53,6 +53,35 @@ class Runtime:
 
         return KnowledgeBase(self.settings, self.encoder)
 
+    # --- router: routing examples of the enabled adapters, kept in step with the registry ---
+
+    @cached_property
+    def router(self):
+        """The router over the registry's enabled adapters, sharing the knowledge base's encoder."""
+        from bot.router import Router
+
+        router = Router(self.encoder, self.settings.router)
+        revision = self.registry.revision()  # read before listing: a change during the sync is caught next time
+        router.sync(self.registry.list(), revision=revision)
+        return router
+
+    def refresh_router(self) -> bool:
+        """Re-sync the router if the registry changed on disk, here or in another process; True if it did.
+
+        Costs one small file read when nothing changed, so callers may run it
+        before every turn. A router not built yet is left alone: it syncs when
+        first used.
+        """
+        if "router" not in self.__dict__:
+            return False
+        revision = self.registry.revision()
+        if revision == self.router.revision:
+            return False
+        self.router.sync(self.registry.list(), revision=revision)
+        return True
+
+    # --- end router ---
+
     def enabled_adapter(self, name: str) -> Manifest:
         """The served version of an adapter, or a clear error when it cannot be served."""
         manifest = self.registry.get(name)

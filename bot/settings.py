@@ -39,10 +39,31 @@ class GenerationDefaults(Section):
 
 class RouterConfig(Section):
     threshold: float = Field(
-        0.45, ge=0.0, le=1.0, description="Below this similarity the base model answers instead of an adapter."
+        0.25, ge=0.0, le=1.0, description="Below this score the base model answers instead of an adapter."
     )
     top_k_examples: int = Field(3, ge=1, le=50, description="Nearest routing examples averaged per adapter.")
-    max_chars: int = Field(2000, ge=16, description="Only this many characters of a message are embedded.")
+    max_chars: int = Field(
+        2000, ge=16, description="Only this many characters of a message or example are read: huge input costs no more."
+    )
+    keyword_boost: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Added to an adapter's score when the message contains one of its keywords (every word of it).",
+    )
+    follow_up_max_tokens: int = Field(
+        3,
+        ge=0,
+        le=64,
+        description="A message of at most this many content words (stopwords not counted) is a follow-up.",
+    )
+    follow_up_bonus: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="Added to the previous turn's adapter for a follow-up, so it keeps the conversation "
+        "unless another adapter still scores higher.",
+    )
 
 
 class ServerConfig(Section):

@@ -22,11 +22,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bot.cli import adapters, chat, kb
+    from bot.cli import adapters, chat, kb, route
 
     app.add_typer(adapters.app, name="adapters")
     chat.register(app)
     app.add_typer(kb.app, name="kb")
+    route.register(app)
 
 
 def main() -> None:
