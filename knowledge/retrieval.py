@@ -88,7 +88,12 @@ def hybrid_search(
     mode: Mode = "hybrid",
     sources: list[str] | None = None,
 ) -> list[Passage]:
-    pool = max(4 * k, 40)
+    """The ``k`` best passages of ``targets`` at or above ``min_score``, best first; [] means nothing relevant.
+
+    ``vector`` is the query's embedding (None in lexical mode); ``sources``
+    restricts every list to those documents.
+    """
+    pool = max(4 * k, 40)  # candidates per list: enough for fusion to reorder, few enough to stay fast
     where = {"source": {"$in": sources}} if sources else None
     candidates: dict[str, _Candidate] = {}
 
