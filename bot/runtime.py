@@ -53,6 +53,24 @@ class Runtime:
 
         return KnowledgeBase(self.settings, self.encoder)
 
+    # --- chat product: the conversation log and the chat pipeline ---
+
+    @cached_property
+    def log(self):
+        """The SQLite conversation log every turn and rating goes to."""
+        from bot.conversations import ConversationLog
+
+        return ConversationLog(self.settings.conversations_db)
+
+    @cached_property
+    def pipeline(self):
+        """Route → retrieve → prompt → generate → log, for the API, the UI and the CLI."""
+        from bot.pipeline import Pipeline
+
+        return Pipeline(self)
+
+    # --- end chat product ---
+
     # --- router: routing examples of the enabled adapters, kept in step with the registry ---
 
     @cached_property

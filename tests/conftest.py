@@ -138,3 +138,71 @@ def style_adapter(make_settings, tmp_path_factory) -> Path:
 
 
 # --- end training ----------------------------------------------------------------------------------
+
+
+# --- chat product: one warm runtime and one live server (API, gradio_client and browser tests) ----
+
+CHAT_ADMIN_TOKEN = "test-admin-token"
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+
+
+def demo_manifest(name: str) -> dict:
+    import json
+
+    return json.loads((DEMO_DIR / name / "manifest.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def chat_runtime(make_settings, make_random_adapter, tmp_path_factory):
+    """A warm Runtime on its own home: the demo support and legal adapters (random weights) and some demo documents."""
+    from bot.api import warm
+    from bot.runtime import Runtime
+
+    home = tmp_path_factory.mktemp("chat-home")
+    runtime = Runtime(make_settings(home, admin_token=CHAT_ADMIN_TOKEN, generation={"max_new_tokens": 8}))
+    for seed, name in ((31, "support"), (32, "legal")):
+        fields = demo_manifest(name)
+        runtime.registry.install(
+            make_random_adapter(seed),
+            name,
+            description=fields["description"],
+            examples=fields["examples"],
+            collections=fields["collections"],
+            system_prompt=fields["system_prompt"],
+            no_answer=fields["no_answer"],
+        )
+    knowledge = DEMO_DIR / "support" / "knowledge"
+    runtime.knowledge.ingest([knowledge / "warranty.md", knowledge / "returns.txt"], "support")
+    runtime.knowledge.ingest([DEMO_DIR / "legal" / "knowledge" / "model_consumer_goods_act.md"], "legal")
+    warm(runtime)
+    yield runtime
+    runtime.knowledge.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(chat_runtime):
+    """The real app (API and Gradio UI) under uvicorn in a background thread, on a free loopback port."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    from bot.api import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(chat_runtime), host="127.0.0.1", port=0, log_level="warning",
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, daemon=True, name="live-server")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the live server did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", runtime=chat_runtime, token=CHAT_ADMIN_TOKEN)
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+# --- end chat product -------------------------------------------------------------------------------

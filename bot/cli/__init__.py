@@ -22,12 +22,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bot.cli import adapters, chat, kb, route
+    from bot.cli import adapters, chat, kb, route, serve
 
     app.add_typer(adapters.app, name="adapters")
     chat.register(app)
     app.add_typer(kb.app, name="kb")
     route.register(app)
+    serve.register(app)
 
 
 def main() -> None:

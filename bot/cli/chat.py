@@ -1,4 +1,4 @@
-"""``switchboard chat``: one answer from the command line."""
+"""``switchboard chat``: one answer from the command line, through the same pipeline as the server."""
 
 from __future__ import annotations
 
@@ -17,32 +17,27 @@ def register(app: typer.Typer) -> None:
 def chat(
     message: str = typer.Argument(..., help="The question to answer."),
     adapter: str = typer.Option("auto", "--adapter", help="Adapter name, 'auto' to route, or 'base' for no adapter."),
-    max_tokens: int = typer.Option(None, "--max-tokens", help="Tokens generated at most."),
+    conversation: str = typer.Option(None, "--conversation", help="Continue this conversation (its conversation_id)."),
+    max_tokens: int = typer.Option(None, "--max-tokens", min=1, help="Tokens generated at most."),
     as_json: bool = JSON_OPTION,
     home: str = HOME_OPTION,
 ) -> None:
-    """Answer one message and print the answer (with --json: adapter, sources and ids too)."""
+    """Answer one message (routed, grounded and logged) and print it; --json adds adapter, sources and ids."""
+    from bot.pipeline import Pipeline, TurnRequest
+    from knowledge.base import KnowledgeBase
+
     runtime = Runtime(settings_from(home))
-    manifest = None if adapter in ("auto", "base") else runtime.enabled_adapter(adapter)
-    engine = runtime.engine
-    key = engine.ensure(manifest)
-    options = engine.default_options(max_new_tokens=max_tokens)
-    messages = [{"role": "system", "content": manifest.system_prompt}] if manifest and manifest.system_prompt else []
-    messages.append({"role": "user", "content": message})
+    # Read-only: a running server holds the knowledge base's writer lock, and chatting writes nothing there.
+    knowledge = KnowledgeBase(runtime.settings, runtime.encoder, read_only=True)
+    pipeline = Pipeline(runtime, knowledge=knowledge)
+    request = TurnRequest(message, adapter, conversation, options={"max_new_tokens": max_tokens})
     stream = None if as_json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-    result = engine.generate(messages, key, options, on_text=stream)
+    result = pipeline.answer(request, on_text=stream)
     if as_json:
-        emit(
-            {
-                "answer": result.text,
-                "adapter": manifest.name if manifest else None,
-                "adapter_version": manifest.version if manifest else None,
-                "confidence": None,
-                "sources": [],
-                "conversation_id": None,
-                "message_id": None,
-            },
-            True,
-        )
-    else:
-        sys.stdout.write("\n")
+        emit(result.to_dict(), True)
+        return
+    sys.stdout.write("\n")
+    who = f"{result.adapter} v{result.adapter_version}" if result.adapter else "base model"
+    print(f"-- {who}; sources: {len(result.sources)}; conversation {result.conversation_id}", file=sys.stderr)
+    for source in result.sources:
+        print(f"   [{source['number']}] {source['source']} {source['section']}".rstrip(), file=sys.stderr)

@@ -1,0 +1,200 @@
+"""Live admin actions shared by the HTTP admin routes and the UI's admin tabs.
+
+Both edges hand over uploaded files as (original name, readable source)
+pairs; this module checks the token, stages the files under safe names,
+unpacks adapter zips without letting a member escape the staging folder,
+and applies the change to the running runtime (registry, engine, router,
+knowledge base) so it is live without a restart.
+"""
+
+from __future__ import annotations
+
+import hmac
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any
+
+from adapters.manifest import Manifest
+from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
+from bot.errors import InvalidRequestError, SwitchboardError
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+Upload = tuple[str, "IO[bytes] | Path"]
+COPY_CHUNK = 1 << 20
+
+
+class UnauthorizedError(SwitchboardError):
+    """An admin action without the right admin token."""
+
+    status_code = 401
+
+
+class PayloadTooLargeError(SwitchboardError):
+    """A request body or upload over the configured size cap."""
+
+    status_code = 413
+
+
+def check_token(expected: str | None, given: str | None) -> None:
+    """Admin actions are open only when no token is configured (the server then binds loopback only)."""
+    if expected is None:
+        return
+    if not given or not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+        raise UnauthorizedError("admin token missing or wrong (the value of SWITCHBOARD_ADMIN_TOKEN)")
+
+
+def safe_name(name: str | None) -> str:
+    """The file name of an upload; a path that could climb out of its folder is refused, not cleaned."""
+    raw = (name or "").replace("\\", "/")
+    path = PurePosixPath(raw)
+    if not raw or "\x00" in raw or path.is_absolute() or any(part in ("", ".", "..") for part in raw.split("/")):
+        raise InvalidRequestError(f"upload file name {name!r} is not a plain file name")
+    return path.name
+
+
+def split_lines(text: str | None) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def split_commas(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+class Admin:
+    """The admin actions of one running runtime."""
+
+    def __init__(self, runtime: "Runtime") -> None:
+        self.runtime = runtime
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.runtime.settings.server.max_upload_bytes
+
+    # ---- adapters
+
+    def install_adapter(
+        self,
+        uploads: list[Upload],
+        name: str,
+        *,
+        description: str = "",
+        examples: list[str] | None = None,
+        collections: list[str] | None = None,
+        system_prompt: str | None = None,
+        no_answer: str | None = None,
+    ) -> Manifest:
+        """Install a PEFT folder (its files, or one zip of them) as the next version of ``name``, live."""
+        with self._staged(uploads) as folder:
+            files = list(folder.iterdir())
+            if len(files) == 1 and files[0].suffix.lower() == ".zip":
+                folder = self._unzip(files[0], folder / "unzipped")
+            manifest = self.runtime.registry.install(
+                folder,
+                name,
+                description=description,
+                examples=examples,
+                collections=collections,
+                system_prompt=system_prompt,
+                no_answer=no_answer,
+                provenance={"source": "upload"},
+            )
+        self._unload(name, keep=manifest.key)
+        self.runtime.refresh_router()
+        return manifest
+
+    def set_enabled(self, name: str, enabled: bool) -> Manifest:
+        manifest = self.runtime.registry.set_status(name, "enabled" if enabled else "disabled")
+        self.runtime.refresh_router()
+        return manifest
+
+    def remove_adapter(self, name: str) -> None:
+        """Remove every version; the engine drops its weights so a later install of the name starts clean."""
+        self.runtime.registry.remove(name)
+        self._unload(name)
+        self.runtime.refresh_router()
+
+    def _unload(self, name: str, keep: str | None = None) -> None:
+        if "engine" not in vars(self.runtime):  # nothing loaded in a process that never generated
+            return
+        engine = self.runtime.engine
+        for key in engine.resident_adapters:
+            if key.startswith(f"{name}__v") and key != keep:
+                engine.unload_adapter(key)
+
+    def _unzip(self, archive: Path, target: Path) -> Path:
+        """The adapter files of a zip, wherever they sit inside it; members are read, never extracted by path."""
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                members = [m for m in bundle.infolist() if not m.is_dir()]
+                if sum(m.file_size for m in members) > self.max_upload_bytes:
+                    raise PayloadTooLargeError(f"{archive.name}: unpacks to more than {self.max_upload_bytes} bytes")
+                target.mkdir()
+                for member in members:
+                    base = safe_name(member.filename)
+                    if base.startswith(".") or member.filename.startswith("__MACOSX/"):
+                        continue
+                    if (target / base).exists():
+                        raise InvalidRequestError(f"{archive.name}: holds more than one {base}")
+                    with bundle.open(member) as source, open(target / base, "wb") as sink:
+                        shutil.copyfileobj(source, sink, COPY_CHUNK)
+        except zipfile.BadZipFile as exc:
+            raise InvalidRequestError(f"{archive.name}: not a valid zip file ({exc})") from None
+        if not (target / CONFIG_FILE).is_file():
+            raise InvalidRequestError(f"{archive.name}: no {CONFIG_FILE} inside (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+        return target
+
+    # ---- knowledge
+
+    def ingest(self, uploads: list[Upload], collection: str, progress: bool = False) -> dict[str, Any]:
+        """Ingest uploaded documents; each keeps its original file name as its source."""
+        with self._staged(uploads) as folder:
+            report = self.runtime.knowledge.ingest(sorted(folder.iterdir()), collection, progress=progress)
+        result = report.to_dict()
+        for item in result["skipped"]:  # report the upload's name, not the staging path
+            item["path"] = Path(item["path"]).name
+        return result
+
+    def remove_document(self, source: str, collection: str) -> dict[str, Any]:
+        return self.runtime.knowledge.remove(source, collection)
+
+    # ---- staging
+
+    @contextmanager
+    def _staged(self, uploads: Iterable[Upload]):
+        """A temporary folder holding the uploads under their checked names, removed afterwards."""
+        uploads = list(uploads)
+        if not uploads:
+            raise InvalidRequestError("no files uploaded")
+        folder = Path(tempfile.mkdtemp(prefix="switchboard-upload-"))
+        try:
+            total = 0
+            for original, source in uploads:
+                name = safe_name(original)
+                target = folder / name
+                if target.exists():
+                    raise InvalidRequestError(f"file {name!r} was uploaded twice")
+                total += self._copy(source, target, self.max_upload_bytes - total)
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _copy(self, source: "IO[bytes] | Path", target: Path, allowance: int) -> int:
+        written = 0
+        handle = open(source, "rb") if isinstance(source, (str, Path)) else source
+        try:
+            with open(target, "wb") as sink:
+                while chunk := handle.read(COPY_CHUNK):
+                    written += len(chunk)
+                    if written > allowance:
+                        raise PayloadTooLargeError(f"uploads are over the limit of {self.max_upload_bytes} bytes")
+                    sink.write(chunk)
+        finally:
+            if handle is not source:
+                handle.close()
+        return written

@@ -1,0 +1,537 @@
+"""The HTTP edge: an OpenAI-compatible chat API, feedback, health and admin routes, with the UI on the same port.
+
+Handlers parse bodies themselves (size-capped JSON, multipart uploads) so
+every bad request gets one clear OpenAI-style error, ``{"error": {"message",
+"type"}}``, from the single exception handler here. Chat turns are prepared
+(routed, retrieved, checked against the context window) before any response
+starts, so a rejected request gets a 4xx status rather than a broken stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bot.admin import Admin, PayloadTooLargeError, check_token, split_commas, split_lines
+from bot.errors import BusyError, ConfigError, InvalidRequestError, SwitchboardError
+from bot.pipeline import TurnRequest, TurnResult
+from bot.runtime import Runtime
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    503: "server_busy",
+}
+MULTIPART_OVERHEAD = 1_000_000  # form fields and part headers around the uploaded files
+
+
+# ---- request bodies --------------------------------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(description="Only 'text' parts are understood.")
+    text: str | None = Field(None, description="The text of a text part.")
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send name, tool_calls, ... which we do not use
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        if any(part.type != "text" for part in self.content):
+            raise InvalidRequestError("only text message content is supported")
+        return "".join(part.text or "" for part in self.content)
+
+
+class ChatCompletionRequest(BaseModel):
+    """An OpenAI chat-completions request; fields we do not use (presence_penalty, user, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="Adapter name, 'auto' to route, or 'base' for no adapter.")
+    messages: list[ChatMessage] = Field(description="The conversation; the last one is the user's new message.")
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=8192)
+    max_completion_tokens: int | None = Field(None, ge=1, le=8192)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1, description="One choice per request.")
+    conversation_id: str | None = Field(None, description="Switchboard: log the turn into this conversation.")
+
+    def to_turn(self) -> TurnRequest:
+        """Earlier messages are the history; with only the new message, a conversation_id brings the logged one."""
+        if not self.messages:
+            raise InvalidRequestError("'messages' is empty: send at least one user message")
+        *earlier, last = self.messages
+        if last.role != "user":
+            raise InvalidRequestError(f"the last message must come from the user, not the {last.role}")
+        system = "\n\n".join(m.text() for m in earlier if m.role in ("system", "developer") and m.text())
+        history = [{"role": m.role, "content": m.text()} for m in earlier if m.role in ("user", "assistant")]
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return TurnRequest(
+            message=last.text(),
+            adapter=self.model,
+            conversation_id=self.conversation_id,
+            history=history if history or self.conversation_id is None else None,
+            system_prompt=system or None,
+            options={
+                "max_new_tokens": self.max_completion_tokens or self.max_tokens,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "stop": stop,
+                "seed": self.seed,
+            },
+        )
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: str = Field(min_length=1, description="The message_id of the rated answer.")
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=10_000)
+    correction: str | None = Field(None, max_length=100_000, description="What the answer should have said.")
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON ({exc})") from None
+
+
+async def parse_json(request: Request, model: type[BaseModel]) -> Any:
+    data = await read_json(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequestError(validation_message(exc)) from None
+
+
+def validation_message(exc: ValidationError | RequestValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return f"'{where}': {first['msg']}" if where else first["msg"]
+
+
+# ---- responses -------------------------------------------------------------------------------------
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
+
+
+def switchboard_field(result: TurnResult) -> dict[str, Any]:
+    return {**result.to_dict(), "route_reason": result.route_reason, "timings_ms": result.timings_ms}
+
+
+def completion_body(completion_id: str, created: int, result: TurnResult) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": result.adapter or "base",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.answer},
+                "finish_reason": finish_reason(result),
+            }
+        ],
+        "usage": usage(result),
+        "switchboard": switchboard_field(result),
+    }
+
+
+def finish_reason(result: TurnResult) -> str:
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def usage(result: TurnResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+# ---- limits ------------------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """Caps request bodies of the API and admin routes (the UI has Gradio's own upload cap).
+
+    A declared Content-Length over the cap is refused before reading; a
+    chunked body is counted as it arrives and refused when it passes the cap.
+    """
+
+    def __init__(self, app, settings: Settings) -> None:
+        self.app = app
+        self.json_cap = settings.server.max_body_bytes
+        self.upload_cap = settings.server.max_upload_bytes + MULTIPART_OVERHEAD
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path.startswith("/v1/") or path.startswith("/admin/")):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        multipart = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
+        cap = self.upload_cap if multipart else self.json_cap
+        message = f"the request body is over the limit of {cap} bytes"
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            response = error_response(413, message)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            event = await receive()
+            if event["type"] == "http.request":
+                seen += len(event.get("body", b""))
+                if seen > cap:
+                    raise PayloadTooLargeError(message)
+            return event
+
+        await self.app(scope, counted, send)
+
+
+def check_bind(host: str, admin_token: str | None) -> None:
+    """Without an admin token the admin routes are open, so only this machine may reach them."""
+    if admin_token:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"refusing to serve on {host} without an admin token: set SWITCHBOARD_ADMIN_TOKEN, or bind 127.0.0.1"
+        )
+
+
+# ---- the application ---------------------------------------------------------------------------------
+
+
+def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
+    """The API routes, then the Gradio UI mounted at ``/`` (routes declared first take precedence)."""
+    settings = runtime.settings
+    pipeline = runtime.pipeline
+    admin = Admin(runtime)
+    app = FastAPI(title="Switchboard", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app.add_middleware(BodyLimit, settings=settings)
+
+    @app.exception_handler(SwitchboardError)
+    async def _switchboard_error(request: Request, exc: SwitchboardError) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, BusyError) else None
+        if exc.status_code == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return error_response(exc.status_code, str(exc), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    def require_admin(request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        check_token(settings.admin_token, token.strip() if scheme.lower() == "bearer" else None)
+
+    # ---- chat
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body: ChatCompletionRequest = await parse_json(request, ChatCompletionRequest)
+        turn = await run_in_threadpool(pipeline.prepare, body.to_turn())
+        stream = pipeline.stream(turn)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if not body.stream:
+            async for _ in stream:
+                pass
+            return completion_body(completion_id, created, stream.result)
+        pieces = stream.__aiter__()
+        try:
+            first = await anext(pieces)  # an error before the first piece is still an HTTP error
+        except StopAsyncIteration:
+            first = ""
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(
+            _events(completion_id, created, turn, first, pieces, stream, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _events(completion_id, created, turn, first, pieces, stream, include_usage) -> AsyncIterator[str]:
+        def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+            return sse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": turn.adapter or "base",
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    **extra,
+                }
+            )
+
+        route = {
+            "adapter": turn.adapter,
+            "adapter_version": turn.adapter_version,
+            "confidence": turn.confidence,
+            "route_reason": turn.route.reason,
+            "sources": turn.sources(),
+            "conversation_id": turn.request.conversation_id,
+            "message_id": None,
+        }
+        yield chunk({"role": "assistant", "content": ""}, switchboard=route)
+        try:
+            if first:
+                yield chunk({"content": first})
+            async for piece in pieces:
+                yield chunk({"content": piece})
+        except SwitchboardError as exc:
+            yield sse({"error": {"message": str(exc), "type": ERROR_TYPES.get(exc.status_code, "server_error")}})
+            return
+        except Exception as exc:
+            log.exception("chat turn failed while streaming")
+            yield sse({"error": {"message": f"internal error ({type(exc).__name__})", "type": "server_error"}})
+            return
+        result = stream.result
+        yield chunk({}, finish_reason(result), switchboard=switchboard_field(result))
+        if include_usage:
+            yield sse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": result.adapter or "base",
+                    "choices": [],
+                    "usage": usage(result),
+                }
+            )
+        yield sse("[DONE]")
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        now = int(time.time())
+
+        def entry(name: str, description: str) -> dict[str, Any]:
+            return {"id": name, "object": "model", "created": now, "owned_by": "switchboard", "description": description}
+
+        data = [
+            entry("auto", "Routes each message to the adapter that fits it."),
+            entry("base", "The base model with no adapter."),
+        ]
+        data += [entry(m.name, m.description) for m in runtime.registry.list() if m.enabled]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        body: FeedbackRequest = await parse_json(request, FeedbackRequest)
+        await run_in_threadpool(
+            runtime.log.add_feedback, body.message_id, body.rating, comment=body.comment, correction=body.correction
+        )
+        return {"message_id": body.message_id, "rating": body.rating, "status": "recorded"}
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        adapters = [{"name": m.name, "version": m.version, "status": m.status} for m in runtime.registry.list()]
+        return {"status": "ok", "base_model": settings.base_model, "adapters": adapters}
+
+    # ---- admin
+
+    guarded = [Depends(require_admin)]
+
+    @app.get("/admin/adapters", dependencies=guarded)
+    def list_adapters() -> list[dict[str, Any]]:
+        return [m.summary() for m in runtime.registry.list()]
+
+    @app.post("/admin/adapters", dependencies=guarded, status_code=201)
+    async def install_adapter(request: Request) -> dict[str, Any]:
+        form = await request.form(max_files=64)
+        try:
+            uploads = _uploads(form)
+            name = str(form.get("name") or "").strip()
+            if not name:
+                raise InvalidRequestError("the form field 'name' is required")
+            manifest = await run_in_threadpool(
+                admin.install_adapter,
+                uploads,
+                name,
+                description=str(form.get("description") or ""),
+                examples=_examples(form.get("examples")),
+                collections=split_commas(str(form.get("collections") or "")),
+                system_prompt=str(form.get("system_prompt") or "") or None,
+                no_answer=str(form.get("no_answer") or "") or None,
+            )
+        finally:
+            await form.close()
+        return {**manifest.summary(), "collections": manifest.collections, "examples": len(manifest.examples)}
+
+    @app.post("/admin/adapters/{name}/enable", dependencies=guarded)
+    def enable_adapter(name: str) -> dict[str, Any]:
+        return admin.set_enabled(name, True).summary()
+
+    @app.post("/admin/adapters/{name}/disable", dependencies=guarded)
+    def disable_adapter(name: str) -> dict[str, Any]:
+        return admin.set_enabled(name, False).summary()
+
+    @app.delete("/admin/adapters/{name}", dependencies=guarded)
+    def remove_adapter(name: str) -> dict[str, Any]:
+        admin.remove_adapter(name)
+        return {"name": name, "removed": True}
+
+    @app.get("/admin/knowledge", dependencies=guarded)
+    def list_knowledge() -> list[dict[str, Any]]:
+        return runtime.knowledge.list_collections()
+
+    @app.post("/admin/knowledge/{collection}", dependencies=guarded)
+    async def ingest(collection: str, request: Request) -> dict[str, Any]:
+        form = await request.form(max_files=1000)
+        try:
+            return await run_in_threadpool(admin.ingest, _uploads(form), collection)
+        finally:
+            await form.close()
+
+    @app.delete("/admin/knowledge/{collection}/{source}", dependencies=guarded)
+    def remove_document(collection: str, source: str) -> dict[str, Any]:
+        return admin.remove_document(source, collection)
+
+    @app.post("/admin/train", dependencies=guarded, status_code=202)
+    async def start_training(request: Request) -> dict[str, Any]:
+        """Start a run in the background (the TrainRequest fields as JSON); poll GET /admin/train/{run_id}."""
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise InvalidRequestError("the training request must be a JSON object")
+        run_id = await run_in_threadpool(training_runs().start, body)  # training checks the fields
+        return {"run_id": run_id, "status_url": f"/admin/train/{run_id}"}
+
+    @app.get("/admin/train/{run_id}", dependencies=guarded)
+    def training_status(run_id: str) -> dict[str, Any]:
+        return training_runs().status(run_id)
+
+    @functools.cache
+    def training_runs():
+        """One run manager for the server's life, built on first use (training imports are heavy)."""
+        from training.runs import RunManager
+
+        return RunManager(runtime)
+
+    if ui:
+        import gradio as gr
+
+        from bot.ui import build_ui
+
+        blocks = build_ui(runtime, admin)
+        app = gr.mount_gradio_app(
+            app, blocks, path="/", max_file_size=settings.server.max_upload_bytes, ssr_mode=False, footer_links=[]
+        )
+    return app
+
+
+def _uploads(form) -> list[tuple[str, Any]]:
+    files = [value for value in form.getlist("files") if isinstance(value, UploadFile)]
+    if not files:
+        raise InvalidRequestError("attach the files as multipart form field 'files'")
+    return [(f.filename, f.file) for f in files]
+
+
+def _examples(value) -> list[str]:
+    """Routing examples: one per line, or a JSON list of strings."""
+    text = str(value or "").strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(f"'examples' is not a valid JSON list ({exc})") from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise InvalidRequestError("'examples' must be a list of strings")
+        return [i.strip() for i in items if i.strip()]
+    return split_lines(text)
+
+
+# ---- serving -----------------------------------------------------------------------------------------
+
+
+def warm(runtime: Runtime) -> None:
+    """Load every long-lived part before the first request, logging each step."""
+    steps = [
+        ("base model and engine", lambda: runtime.engine),
+        ("embedding model", lambda: runtime.encoder),
+        ("knowledge base", lambda: runtime.knowledge),
+        ("router", lambda: runtime.router),
+        ("conversation log", lambda: runtime.log),
+    ]
+    for label, step in steps:
+        started = time.perf_counter()
+        log.info("loading %s ...", label)
+        step()
+        log.info("loaded %s in %.1fs", label, time.perf_counter() - started)
+    enabled = [m for m in runtime.registry.list() if m.enabled][: runtime.settings.max_resident_adapters]
+    for manifest in enabled:
+        started = time.perf_counter()
+        runtime.engine.ensure(manifest)
+        log.info("loaded adapter %s v%d in %.1fs", manifest.name, manifest.version, time.perf_counter() - started)
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Serve the UI at / and the API at /v1 on one port until interrupted."""
+    import uvicorn
+
+    host = host or settings.server.host
+    port = port or settings.server.port
+    check_bind(host, settings.admin_token)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.admin_token:
+        log.warning("no admin token set (SWITCHBOARD_ADMIN_TOKEN): serving on loopback only, admin actions open to local users")
+    runtime = Runtime(settings)
+    warm(runtime)
+    app = create_app(runtime)
+    log.info("Switchboard at http://%s:%d/ (API at /v1)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+

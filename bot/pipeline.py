@@ -1,0 +1,390 @@
+"""One chat turn: route → retrieve → prompt → generate (streamed) → log.
+
+The pipeline is split in two so the edges can answer errors properly:
+:meth:`Pipeline.prepare` does everything that can reject a request (unknown
+adapter, empty message, a message over the context window) before a single
+byte is streamed, and :meth:`Pipeline.complete` generates and logs. Every
+generation goes through :meth:`Pipeline._generate`, the one place to switch
+to the batching scheduler.
+
+When the answering adapter has knowledge collections and retrieval finds
+nothing relevant, the reply is the adapter's own ``no_answer`` text (support
+hands off to a human, legal says the statutes do not cover it) instead of a
+generation: a small model asked without sources invents facts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from adapters.manifest import Manifest
+from bot.conversations import MAX_ID_CHARS
+from bot.decoding import Generation
+from bot.errors import InvalidRequestError
+from bot.prompt import build_messages
+from bot.router import Route
+from bot.sampling import GenerationOptions
+from knowledge.passage import Passage
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+REMEMBERED_CONVERSATIONS = 10_000
+HISTORY_MESSAGES = 20  # earlier messages of a logged conversation offered to the prompt, before trimming
+DEFAULT_NO_ANSWER = (
+    "I could not find anything about this in the knowledge base, so I cannot answer it reliably."
+)
+STAGES = ("route", "retrieve", "prompt", "generate", "log")
+
+TextCallback = Callable[[str], None]
+
+
+@dataclass
+class TurnRequest:
+    """What a user asks in one turn, from any edge (HTTP, UI, CLI)."""
+
+    message: str = field(metadata={"help": "The user's new message."})
+    adapter: str = field(default="auto", metadata={"help": "'auto' routes, 'base' uses no adapter, a name forces it."})
+    conversation_id: str | None = field(default=None, metadata={"help": "Conversation to continue; None starts one."})
+    history: list[dict] | None = field(
+        default=None,
+        metadata={"help": "Earlier {role, content} messages; None takes them from the log of conversation_id."},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "Caller's system prompt; used only when the answerer has none of its own."}
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Generation overrides (max_new_tokens, temperature, top_p, stop, seed)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.message, str) or not self.message.strip():
+            raise InvalidRequestError("the message is empty")
+        if not isinstance(self.adapter, str) or not self.adapter.strip():
+            raise InvalidRequestError("name an adapter, 'auto' or 'base'")
+        if self.conversation_id is not None and not 0 < len(self.conversation_id.strip()) <= MAX_ID_CHARS:
+            raise InvalidRequestError(f"invalid conversation id: use 1-{MAX_ID_CHARS} characters")
+
+
+@dataclass
+class PreparedTurn:
+    """A turn that passed every check: its route, sources, prompt and options are fixed."""
+
+    request: TurnRequest
+    manifest: Manifest | None
+    route: Route
+    passages: list[Passage]
+    messages: list[dict]
+    options: GenerationOptions
+    no_answer: str | None = field(default=None, metadata={"help": "Set when the reply is the adapter's no-answer text."})
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict, metadata={"help": "Seconds spent per stage."})
+
+    @property
+    def adapter(self) -> str | None:
+        return self.manifest.name if self.manifest else None
+
+    @property
+    def adapter_version(self) -> int | None:
+        return self.manifest.version if self.manifest else None
+
+    @property
+    def confidence(self) -> float:
+        return round(float(self.route.confidence), 4)
+
+    @property
+    def system_prompt(self) -> str:
+        return self.messages[0]["content"]
+
+    def sources(self) -> list[dict]:
+        """The passages as shown to users; ``number`` is the [n] the answer cites."""
+        return [source_dict(number, p) for number, p in enumerate(self.passages, start=1)]
+
+
+@dataclass
+class TurnResult:
+    answer: str
+    adapter: str | None
+    adapter_version: int | None
+    confidence: float
+    route_reason: str = field(metadata={"help": "routed, follow-up, below-threshold, no-adapters or requested."})
+    sources: list[dict]
+    conversation_id: str
+    message_id: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings_ms: dict[str, float] = field(metadata={"help": "Milliseconds per stage, plus first_token and total."})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape ``switchboard chat --json`` promises."""
+        return {
+            "answer": self.answer,
+            "adapter": self.adapter,
+            "adapter_version": self.adapter_version,
+            "confidence": self.confidence,
+            "sources": self.sources,
+            "conversation_id": self.conversation_id,
+            "message_id": self.message_id,
+        }
+
+
+def source_dict(number: int, passage: Passage) -> dict[str, Any]:
+    return {
+        "number": number,
+        "id": passage.id,
+        "source": passage.source,
+        "section": passage.section,
+        "collection": passage.collection,
+        "text": passage.text,
+        "score": round(float(passage.score), 4),
+    }
+
+
+class Pipeline:
+    """Answers chat turns with the runtime's router, knowledge base, engine and conversation log."""
+
+    def __init__(self, runtime: "Runtime", knowledge=None) -> None:
+        """``knowledge`` replaces the runtime's writer knowledge base (the CLI reads beside a running server)."""
+        self.runtime = runtime
+        self._knowledge = knowledge
+        # The router's follow-up rule needs each conversation's last adapter; the log does not index it,
+        # so the pipeline remembers it for the conversations it served (recent ones, bounded).
+        self._last_adapter: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def knowledge(self):
+        return self._knowledge if self._knowledge is not None else self.runtime.knowledge
+
+    # ---- the turn
+
+    def answer(self, request: TurnRequest, on_text: TextCallback | None = None) -> TurnResult:
+        """Prepare and complete one turn; ``on_text`` receives the answer as it is generated."""
+        return self.complete(self.prepare(request), on_text)
+
+    def prepare(self, request: TurnRequest) -> PreparedTurn:
+        """Route, retrieve and build the prompt; raises before anything is generated."""
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        self.runtime.refresh_router()  # adapters installed or disabled by another process
+        route = self.runtime.router.choose(request.message, request.adapter, self._previous_adapter(request))
+        manifest = self.runtime.enabled_adapter(route.adapter) if route.adapter else None
+        timings["route"] = time.perf_counter() - started
+
+        mark = time.perf_counter()
+        collections = manifest.collections if manifest else self.runtime.settings.knowledge.default_collections
+        passages = self.knowledge.retrieve(request.message, list(collections)) if collections else []
+        timings["retrieve"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        options = self._options(manifest, request.options)
+        no_answer = None
+        if collections and not passages:
+            no_answer = (manifest.no_answer if manifest and manifest.no_answer else DEFAULT_NO_ANSWER).strip()
+        system = (manifest.system_prompt if manifest and manifest.system_prompt else request.system_prompt) or None
+        history = self._history(request)
+        messages, passages = self._fit(request.message, passages, system, history, options)
+        timings["prompt"] = time.perf_counter() - mark
+        return PreparedTurn(request, manifest, route, passages, messages, options, no_answer, started, timings)
+
+    def complete(self, turn: PreparedTurn, on_text: TextCallback | None = None) -> TurnResult:
+        """Generate (or give the no-answer reply), then log the turn."""
+        mark = time.perf_counter()
+        first_token: list[float] = []
+
+        def forward(piece: str) -> None:
+            if not first_token:
+                first_token.append(time.perf_counter())
+            if on_text is not None:
+                on_text(piece)
+
+        if turn.no_answer is not None:
+            forward(turn.no_answer)
+            generation = Generation(text=turn.no_answer, prompt_tokens=0, completion_tokens=0, finish_reason="stop")
+        else:
+            generation = self._generate(turn, forward)
+        turn.timings["generate"] = time.perf_counter() - mark
+        latency = time.perf_counter() - turn.started
+
+        mark = time.perf_counter()
+        sources = turn.sources()
+        ids = self.runtime.log.log_turn(
+            turn.request.conversation_id,
+            turn.request.message,
+            generation.text,
+            adapter=turn.adapter,
+            adapter_version=turn.adapter_version,
+            confidence=turn.confidence,
+            sources=sources,
+            latency_ms=round(latency * 1000, 1),
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            system_prompt=turn.system_prompt,
+        )
+        turn.timings["log"] = time.perf_counter() - mark
+        self._remember(ids.conversation_id, turn.adapter)
+
+        timings_ms = {stage: round(turn.timings.get(stage, 0.0) * 1000, 2) for stage in STAGES}
+        timings_ms["first_token"] = round(((first_token[0] if first_token else time.perf_counter()) - turn.started) * 1000, 2)
+        timings_ms["total"] = round((time.perf_counter() - turn.started) * 1000, 2)
+        return TurnResult(
+            answer=generation.text,
+            adapter=turn.adapter,
+            adapter_version=turn.adapter_version,
+            confidence=turn.confidence,
+            route_reason=turn.route.reason,
+            sources=sources,
+            conversation_id=ids.conversation_id,
+            message_id=ids.message_id,
+            finish_reason=generation.finish_reason,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            timings_ms=timings_ms,
+        )
+
+    def stream(self, turn: PreparedTurn) -> "TurnStream":
+        """Iterate text pieces as they are generated; the finished turn is ``.result`` afterwards."""
+        return TurnStream(self, turn)
+
+    def _generate(self, turn: PreparedTurn, on_text: TextCallback) -> Generation:
+        """The one generation call of serving: switch this to the scheduler to batch chats."""
+        engine = self.runtime.engine
+        return engine.generate(turn.messages, engine.ensure(turn.manifest), turn.options, on_text=on_text)
+
+    # ---- stages
+
+    def _previous_adapter(self, request: TurnRequest) -> str | None:
+        """The adapter of the conversation's last turn, so a short follow-up ("and for tents?") stays with it."""
+        if request.conversation_id is None:
+            return None
+        with self._lock:
+            return self._last_adapter.get(request.conversation_id)
+
+    def _remember(self, conversation_id: str, adapter: str | None) -> None:
+        with self._lock:
+            self._last_adapter[conversation_id] = adapter
+            self._last_adapter.move_to_end(conversation_id)
+            while len(self._last_adapter) > REMEMBERED_CONVERSATIONS:
+                self._last_adapter.popitem(last=False)
+
+    def _options(self, manifest: Manifest | None, overrides: dict[str, Any]) -> GenerationOptions:
+        values = {**(manifest.generation if manifest else {}), **{k: v for k, v in overrides.items() if v is not None}}
+        try:
+            return self.runtime.engine.default_options(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "options"
+            raise InvalidRequestError(f"generation option '{where}': {first['msg']}") from None
+
+    def _history(self, request: TurnRequest) -> list[dict]:
+        if request.history is not None:
+            return list(request.history)
+        if request.conversation_id is None:
+            return []
+        return self.runtime.log.history(request.conversation_id, HISTORY_MESSAGES)
+
+    def _fit(
+        self,
+        message: str,
+        passages: list[Passage],
+        system: str | None,
+        history: list[dict],
+        options: GenerationOptions,
+    ) -> tuple[list[dict], list[Passage]]:
+        """The prompt, trimmed to leave room for the answer: oldest history first, then the last sources.
+
+        The first source always stays (it is what a grounded answer rests on);
+        a message that cannot fit even alone is the caller's error.
+        """
+        engine = self.runtime.engine
+        window = engine.context_window
+        room = window - min(options.max_new_tokens, window // 2)
+        history = list(history)
+        passages = list(passages)
+        while True:
+            messages = build_messages(message, passages, system, history)
+            tokens = engine.count_tokens(messages)
+            if tokens <= room:
+                return messages, passages
+            if history:
+                history = history[2:] if len(history) > 1 else []
+            elif len(passages) > 1:
+                passages.pop()
+            elif tokens < window:
+                return messages, passages  # the engine shortens the answer to what fits
+            else:
+                raise InvalidRequestError(
+                    f"the message is too long: its prompt is {tokens} tokens and the model's context window is {window}"
+                )
+
+
+class TurnStream:
+    """Text pieces of one turn, generated in a worker thread; ``result`` is set once iteration ends.
+
+    It can be iterated from a thread (``for``) or from an event loop
+    (``async for``) without holding a worker thread while waiting. A consumer
+    that stops early (a closed browser tab) does not stop the turn: it still
+    finishes and is logged.
+    """
+
+    _DONE = object()
+
+    def __init__(self, pipeline: Pipeline, turn: PreparedTurn) -> None:
+        self.turn = turn
+        self.result: TurnResult | None = None
+        self._pieces: queue.Queue = queue.Queue()
+        self._failure: BaseException | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._work, args=(pipeline,), daemon=True, name="turn")
+        self._thread.start()
+
+    def _work(self, pipeline: Pipeline) -> None:
+        try:
+            self.result = pipeline.complete(self.turn, self._put)
+        except BaseException as exc:  # re-raised in the consumer's thread
+            self._failure = exc
+        finally:
+            self._put(self._DONE)
+
+    def _put(self, item: object) -> None:
+        self._pieces.put(item)
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # the consumer's loop has closed; nobody is listening
+                pass
+
+    def __iter__(self) -> Iterator[str]:
+        while (piece := self._pieces.get()) is not self._DONE:
+            yield piece
+        if self._failure is not None:
+            raise self._failure
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            try:
+                piece = self._pieces.get_nowait()
+            except queue.Empty:
+                await self._wake.wait()
+                continue
+            if piece is self._DONE:
+                break
+            yield piece
+        if self._failure is not None:
+            raise self._failure

@@ -1,0 +1,129 @@
+"""The chat pipeline on the real model, Chroma and SQLite: routing, grounding, no-answer, trimming, logging.
+
+Adapters have random weights, so answers are gibberish: the tests check the
+structure (who answered, which sources, what was logged), never the wording.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.errors import InvalidRequestError, NotFoundError
+from bot.pipeline import TurnRequest
+from tests.conftest import demo_manifest
+
+WARRANTY_QUESTION = "What is the warranty on your backpacks?"
+OFF_TOPIC = "Which team won the football world cup final in 1966?"
+
+
+@pytest.fixture(scope="module")
+def pipeline(chat_runtime):
+    return chat_runtime.pipeline
+
+
+def test_routed_turn_is_grounded_cited_and_logged(chat_runtime, pipeline):
+    turn = pipeline.prepare(TurnRequest(WARRANTY_QUESTION))
+    assert turn.adapter == "support" and turn.adapter_version == 1
+    assert 0.0 < turn.confidence <= 1.0
+    assert turn.passages and {p.collection for p in turn.passages} == {"support"}
+    system, user = turn.messages[0]["content"], turn.messages[-1]["content"]
+    assert system.startswith(demo_manifest("support")["system_prompt"]) and "[1]" in system
+    for number, passage in enumerate(turn.passages, start=1):
+        assert f"[{number}] {passage.source}" in user  # the numbers the answer cites are the sources returned
+
+    pieces: list[str] = []
+    result = pipeline.complete(turn, on_text=pieces.append)
+    assert "".join(pieces).strip() == result.answer
+    assert [s["number"] for s in result.sources] == list(range(1, len(turn.passages) + 1))
+    assert [s["id"] for s in result.sources] == [p.id for p in turn.passages]
+    assert 0 < result.completion_tokens <= 8
+    assert set(result.timings_ms) >= {"route", "retrieve", "prompt", "generate", "log", "first_token", "total"}
+    logged = chat_runtime.log.history(result.conversation_id, 10)
+    assert logged == [{"role": "user", "content": WARRANTY_QUESTION}, {"role": "assistant", "content": result.answer}]
+
+
+@pytest.mark.parametrize("adapter", ["legal", "support"])
+def test_nothing_relevant_answers_in_the_adapter_voice(chat_runtime, pipeline, adapter):
+    result = pipeline.answer(TurnRequest(OFF_TOPIC, adapter=adapter))
+    assert result.adapter == adapter
+    assert result.sources == []
+    assert result.answer == demo_manifest(adapter)["no_answer"].strip()
+    assert result.completion_tokens == 0  # nothing generated, so nothing invented
+    assert chat_runtime.log.history(result.conversation_id, 2)[-1]["content"] == result.answer
+
+
+def test_base_answers_without_sources_and_follows_the_conversation(pipeline):
+    first = pipeline.answer(TurnRequest("Say hello.", adapter="base"))
+    assert first.adapter is None and first.sources == [] and first.route_reason == "requested"
+    follow = pipeline.answer(TurnRequest("Say hello.", adapter="base", conversation_id=first.conversation_id))
+    assert follow.conversation_id == first.conversation_id
+    assert follow.prompt_tokens > first.prompt_tokens  # the logged history is in the prompt
+
+
+def test_long_history_is_trimmed_to_the_context_window(chat_runtime, pipeline):
+    engine = chat_runtime.engine
+    filler = "The trail was long and the weather was mild. " * 120  # about 1,300 tokens a message
+    history = []
+    for _ in range(6):
+        history += [{"role": "user", "content": filler}, {"role": "assistant", "content": filler}]
+    turn = pipeline.prepare(TurnRequest("Summarise our chat.", adapter="base", history=history))
+    assert 1 < len(turn.messages) < len(history) + 2
+    assert turn.messages[-1]["content"] == "Summarise our chat."
+    assert turn.messages[1]["role"] == "user"  # whole exchanges are dropped, oldest first
+    assert engine.count_tokens(turn.messages) + turn.options.max_new_tokens <= engine.context_window
+
+
+def test_bad_turns_are_refused_before_generating(chat_runtime, pipeline):
+    too_long = "word " * (chat_runtime.engine.context_window + 100)
+    with pytest.raises(InvalidRequestError, match="too long"):
+        pipeline.prepare(TurnRequest(too_long, adapter="base"))
+    with pytest.raises(InvalidRequestError, match="empty"):
+        TurnRequest("   ")
+    with pytest.raises(NotFoundError):
+        pipeline.prepare(TurnRequest("hello", adapter="no-such-adapter"))
+    with pytest.raises(InvalidRequestError, match="temperature"):
+        pipeline.prepare(TurnRequest("hello", adapter="base", options={"temperature": -1}))
+
+
+def test_disabled_adapter_is_not_served(chat_runtime, pipeline):
+    chat_runtime.registry.set_status("legal", "disabled")
+    try:
+        with pytest.raises(NotFoundError, match="no enabled adapter named 'legal'"):
+            pipeline.prepare(TurnRequest("What does Article 6 say?", adapter="legal"))
+    finally:
+        chat_runtime.registry.set_status("legal", "enabled")
+
+
+def test_cli_chat_json_goes_through_the_pipeline(chat_runtime):
+    """Beside a process holding the knowledge base (as a server does), the CLI reads it and logs the turn."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    env.update(PYTHONPATH=str(root), SWITCHBOARD_BASE_MODEL=str(chat_runtime.settings.base_model))
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "chat", WARRANTY_QUESTION, "--adapter", "support", "--json",
+         "--max-tokens", "4", "--home", str(chat_runtime.settings.home)],
+        capture_output=True, text=True, env=env,
+        cwd=root, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(done.stdout)
+    assert list(data) == ["answer", "adapter", "adapter_version", "confidence", "sources", "conversation_id", "message_id"]
+    assert data["adapter"] == "support" and data["adapter_version"] == 1
+    assert data["sources"] and all({"id", "source", "text", "score"} <= set(s) for s in data["sources"])
+    assert chat_runtime.log.history(data["conversation_id"], 2)[-1]["content"] == data["answer"]
+
+
+def test_a_short_follow_up_stays_with_the_conversation_adapter(pipeline):
+    first = pipeline.answer(TurnRequest(WARRANTY_QUESTION))
+    follow = pipeline.prepare(TurnRequest("And for tents?", conversation_id=first.conversation_id))
+    assert (follow.adapter, follow.route.reason) == ("support", "follow-up")
+    assert follow.messages[1:3] == [
+        {"role": "user", "content": WARRANTY_QUESTION},
+        {"role": "assistant", "content": first.answer},
+    ]
