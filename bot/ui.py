@@ -330,7 +330,9 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
         message.submit(respond, chat_inputs, chat_outputs, **PRIVATE)
         chatbot.like(rate, [message_ids], [feedback_status], **PRIVATE)
         send_correction.click(correct, [correction, message_ids], [correction, feedback_status], **PRIVATE)
-        new.click(new_conversation, None, [chatbot, conversation, message_ids, feedback_status, message], **PRIVATE)
+        fresh = [chatbot, conversation, message_ids, feedback_status, message]
+        new.click(new_conversation, None, fresh, **PRIVATE)
+        chatbot.clear(new_conversation, None, fresh, **PRIVATE)  # the bin icon starts over too, not only the view
         blocks.load(lambda: gr.update(choices=adapter_choices()), None, [adapter], **PRIVATE)
 
         kb_listing = [kb_table, kb_source]
