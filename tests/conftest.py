@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-
 from bot.settings import Settings, load_settings
 
 # --- foundation: settings, base model, engine, adapters ------------------------------------------
@@ -46,18 +44,15 @@ def engine(session_settings):
 @pytest.fixture(scope="session")
 def make_random_adapter(base_model_dir, tmp_path_factory):
     """Real PEFT LoRA folders with random (non-zero) weights: they change the output without training."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from training.random_adapter import make_random_adapter as make_adapter
 
     config = AutoConfig.from_pretrained(base_model_dir)
 
     def make(seed: int = 0, rank: int = 8, targets: tuple[str, ...] = ("q_proj", "v_proj"), model_config=None) -> Path:
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(model_config or config)
-        lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False)
         folder = tmp_path_factory.mktemp(f"random-lora-{seed}-r{rank}")
-        get_peft_model(model, lora).save_pretrained(folder)
-        return folder
+        return make_adapter(model_config or config, folder, seed=seed, rank=rank, targets=targets)
 
     return make
 
@@ -132,7 +127,11 @@ def style_adapter(make_settings, tmp_path_factory) -> Path:
     from training.recipe import Recipe
 
     home = tmp_path_factory.mktemp("style-home")
-    recipe = Recipe(rank=8, alpha=16, dropout=0.0, max_steps=24, batch_size=4, learning_rate=1e-3, max_length=96)
+    # 16 steps at a high learning rate teach the sign-off (4 of 4 held-out prompts, each ending in <|im_end|>);
+    # a 135M model needs no gradient checkpointing, and skipping it saves a third of the time.
+    recipe = Recipe(
+        rank=8, alpha=16, dropout=0.0, max_steps=16, batch_size=4, learning_rate=2e-3, max_length=96, gradient_checkpointing=False
+    )
     result = finetune(make_settings(home), style_chats(), home / "runs" / "style", recipe=recipe)
     return result.adapter_dir
 

@@ -1,0 +1,124 @@
+"""Adapter switching, memory and mixed-batch throughput on the shared 4-bit base.
+
+    .venv/bin/python bench/adapters.py [--runs 5] [--tokens 32]
+
+Every figure is paired with a baseline measured in the same run and printed as
+a ratio: hot switch vs reloading base + adapter, 4-bit vs full precision, and
+one mixed batch of 8 requests over 4 adapters vs the same 8 one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transformers import AutoConfig  # noqa: E402
+
+from bot.base_model import load_base, resolve_base_model  # noqa: E402
+from bot.decoding import GenerationRequest  # noqa: E402
+from bot.engine import Engine  # noqa: E402
+from bot.settings import load_settings  # noqa: E402
+from training.random_adapter import make_random_adapter  # noqa: E402
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROMPTS = [
+    "How long is the warranty on a backpack?",
+    "Can I return a tent after thirty days?",
+    "What does Article 5 say about the guarantee?",
+    "Which payment methods do you accept?",
+    "How do I change my delivery address?",
+    "Is a shop allowed to refuse a refund?",
+    "When will my order arrive?",
+    "What is the limitation period for claims?",
+]
+
+
+def median_seconds(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def row(name: str, value: str, baseline: str, ratio: str, target: str) -> str:
+    return f"| {name:<44} | {value:>14} | {baseline:>16} | {ratio:>10} | {target:>10} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="Repetitions for the slow baselines (medians).")
+    parser.add_argument("--tokens", type=int, default=32, help="New tokens per request in the throughput test.")
+    parser.add_argument("--base-model", default=None, help="Any Hugging Face id or folder (default: packaged SmolLM2).")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
+    settings = load_settings({"home": home, "base_model": args.base_model, "device": args.device, "max_resident_adapters": 16})
+    config = AutoConfig.from_pretrained(resolve_base_model(settings))
+    folders = [make_random_adapter(config, home / f"lora{i}", seed=i, rank=16, targets=ALL_PROJECTIONS) for i in range(4)]
+
+    engine = Engine(settings)
+    base_bytes = engine.memory_bytes()
+    keys = []
+    adapter_bytes = []
+    for i, folder in enumerate(folders):
+        before = engine.memory_bytes()
+        engine.load_adapter(f"bench{i}__v1", folder)
+        adapter_bytes.append(engine.memory_bytes() - before)
+        keys.append(f"bench{i}__v1")
+
+    # Switch: a request for another resident adapter only names it (per-row adapter_names).
+    from adapters.manifest import Manifest
+
+    manifests = [Manifest(name=f"bench{i}", version=1, path=str(f)) for i, f in enumerate(folders)]
+    switches = 2000
+    started = time.perf_counter()
+    for n in range(switches):
+        engine.ensure(manifests[n % 4])
+    hot_switch = (time.perf_counter() - started) / switches
+
+    def cold_start() -> None:
+        fresh = Engine(settings)
+        fresh.load_adapter(keys[0], folders[0])
+
+    cold = median_seconds(cold_start, args.runs)
+
+    full = load_settings({"home": home, "base_model": args.base_model, "device": args.device, "quantization": "none"})
+    full_bytes = load_base(full).footprint_bytes
+    four_bit_bytes = engine.base.footprint_bytes
+
+    options = engine.default_options(max_new_tokens=args.tokens, ignore_eos=True)
+    requests = [GenerationRequest([{"role": "user", "content": p}], keys[i % 4], options) for i, p in enumerate(PROMPTS)]
+    engine.generate_batch(requests[:2])  # warm-up
+
+    def batched() -> None:
+        engine.generate_batch(requests)
+
+    def sequential() -> None:
+        for request in requests:
+            engine.generate_batch([request])
+
+    tokens = len(requests) * args.tokens
+    batch_tps = tokens / median_seconds(batched, 3)
+    seq_tps = tokens / median_seconds(sequential, 3)
+
+    print(f"\nbase: {settings.base_model} on {engine.device} ({'4-bit NF4' if engine.base.quantized else 'full'})")
+    print(row("measure", "value", "baseline", "ratio", "target"))
+    print(row("-" * 44, "-" * 14, "-" * 16, "-" * 10, "-" * 10))
+    print(row("hot switch vs reload base+adapter (s)", f"{hot_switch:.2e}", f"{cold:.2f}", f"{cold / hot_switch:,.0f}x", ">= 1000x"))
+    print(row("4-bit footprint vs full precision (MB)", f"{four_bit_bytes / 1e6:.1f}", f"{full_bytes / 1e6:.1f}", f"{four_bit_bytes / full_bytes:.1%}", "<= 35%"))
+    per_adapter = statistics.median(adapter_bytes)
+    print(row("bytes per resident adapter (r=16, all proj.)", f"{per_adapter / 1e6:.2f} MB", f"{base_bytes / 1e6:.1f} MB", f"{per_adapter / four_bit_bytes:.2%}", "<= 2%"))
+    print(row("8 req / 4 adapters: mixed batch vs sequential", f"{batch_tps:.1f} tok/s", f"{seq_tps:.1f} tok/s", f"{batch_tps / seq_tps:.2f}x", ">= 3x"))
+
+
+if __name__ == "__main__":
+    main()
