@@ -10,7 +10,7 @@ so base, live and candidate are compared on identical weights and prompts.
   "required_phrases"?, "required_sections"?, "json"?}`` answered greedily
   and scored by exact match, containment, ROUGE-L and the format checks.
 - Regression: perplexity on general English and Chinese chats
-  (``training/data/regression.jsonl``); an adapter that raises it by more than
+  (``training/corpus/regression.jsonl``); an adapter that raises it by more than
   the margin over the base has started to forget.
 """
 

@@ -29,6 +29,8 @@ def _register() -> None:
     app.add_typer(kb.app, name="kb")
     route.register(app)
     serve.register(app)
+    from bot.cli import train  # conversation log export, training and evaluation
+    train.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,326 @@
+"""One training run, start to finish: dataset → fine-tune → evaluate → gate → install.
+
+This is training's public entry point; the CLI, the HTTP admin API and the UI
+all start runs through :func:`train_adapter` (directly or via
+:class:`training.runs.RunManager`). Everything a run produces stays in its run
+folder until the gate passes; the registry install is the last step and is
+atomic, so a run that fails or is killed at any point leaves the registry as
+it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from adapters.manifest import check_name
+from bot.errors import LockedError, NotFoundError
+from training.dataset import REGRESSION_FILE, DatasetOptions, LogFilters, build_dataset
+from training.finetune import Progress, TrainingError, finetune
+from training.formats import read_chats
+from training.recipe import Recipe
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+ROUTING_EXAMPLES = 20
+PHASES = ("dataset", "training", "evaluating", "installing", "done")
+
+
+class TrainRequest(BaseModel):
+    """What an operator asks for: which adapter, from which data, with which overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str = Field(description="Adapter to train; a new name creates it, an existing one gets its next version.")
+    from_logs: bool = Field(False, description="Take examples from the conversation log.")
+    data: list[str] = Field(default_factory=list, description="JSONL files of chats (OpenAI, Alpaca or ShareGPT).")
+    log_adapter: str | None = Field(
+        None,
+        description="Logged turns of which adapter: None for the adapter being trained, 'base' for no adapter, 'any' for all.",
+    )
+    rating: str = Field("up", pattern="^(up|down|any)$", description="Latest rating a logged turn must carry.")
+    include_corrections: bool = Field(True, description="Also take corrected turns, with the correction as the answer.")
+    since: str | None = Field(None, description="Logged turns from this ISO date or time on.")
+    until: str | None = Field(None, description="Logged turns before this ISO date or time.")
+    include_sources: bool = Field(True, description="Train with the retrieved sources in the prompt, as served.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (default from settings).")
+    rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank (default from settings).")
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (default from settings).")
+    replay_fraction: float | None = Field(None, ge=0, lt=0.9, description="Share of general replay data.")
+    seed: int | None = Field(None, description="Seed of the split, replay sample and training.")
+    golden: str | None = Field(None, description="Golden set JSONL to score the candidate (and the live version) on.")
+    force: bool = Field(False, description="Install even when the gate fails; recorded in the manifest.")
+    description: str | None = Field(None, description="Description of a new adapter.")
+    system_prompt: str | None = Field(None, description="System prompt of a new adapter.")
+    examples: list[str] | None = Field(None, description="Routing examples of a new adapter (default: training questions).")
+
+    @field_validator("adapter")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @model_validator(mode="after")
+    def _some_data(self) -> "TrainRequest":
+        if not self.from_logs and not self.data:
+            raise ValueError("give training data: from_logs, data files, or both")
+        return self
+
+
+def parse_request(data: dict[str, Any]) -> TrainRequest:
+    """A request from the CLI or the HTTP body, or one clear error line naming the field."""
+    from pydantic import ValidationError
+
+    from bot.errors import InvalidRequestError
+
+    try:
+        return TrainRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise InvalidRequestError(f"training request: {where + ': ' if where else ''}{message}") from None
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
+    os.replace(tmp, path)
+
+
+PhaseFn = Callable[[str, Progress | None], None]
+
+
+def train_adapter(
+    runtime: "Runtime",
+    request: TrainRequest,
+    *,
+    run_id: str | None = None,
+    on_progress: PhaseFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Run one training and return its report; installs the candidate only when the gate lets it through."""
+    settings = runtime.settings
+    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(settings.runs_dir / ".training.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise LockedError("another training run is in progress in this home; wait for it to finish") from None
+    run_id = run_id or new_run_id()
+    run_dir = settings.runs_dir / run_id
+    run_dir.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    report: dict[str, Any] = {"run_id": run_id, "adapter": request.adapter, "request": request.model_dump(), "run_dir": str(run_dir)}
+
+    def phase(name: str, progress: Progress | None = None) -> None:
+        if on_progress is not None:
+            on_progress(name, progress)
+
+    try:
+        live = _live(runtime, request.adapter)
+
+        phase("dataset")
+        system_prompt = live.system_prompt if live and live.system_prompt else request.system_prompt
+        options = DatasetOptions.from_defaults(
+            settings.training,
+            include_sources=request.include_sources,
+            system_prompt=system_prompt,
+            replay_fraction=request.replay_fraction,
+            seed=request.seed,
+        )
+        filters = LogFilters(
+            adapter=None if request.log_adapter == "any" else (request.log_adapter or request.adapter),
+            rating=request.rating,
+            include_corrections=request.include_corrections,
+            since=request.since,
+            until=request.until,
+        )
+        dataset = build_dataset(
+            log=runtime.log if request.from_logs else None,
+            filters=filters if request.from_logs else None,
+            files=[Path(p) for p in request.data],
+            options=options,
+        )
+        dataset.write(run_dir / "dataset")
+        report["dataset"] = dataset.card.to_dict()
+        golden = None
+        if request.golden:
+            from training.evaluate import read_golden
+
+            golden = read_golden(Path(request.golden))  # fail before training, not after
+
+        phase("training")
+        recipe = Recipe.from_defaults(
+            settings.training, max_steps=request.max_steps, rank=request.rank, learning_rate=request.learning_rate, seed=request.seed
+        )
+        result = finetune(
+            settings,
+            dataset.train,
+            run_dir,
+            recipe=recipe,
+            held_out=dataset.held_out,
+            progress=lambda p: phase("training", p),
+            should_stop=should_stop,
+        )
+        report["training"] = result.to_dict()
+        if result.cancelled:
+            raise TrainingError("the run was cancelled; nothing was installed")
+
+        phase("evaluating")
+        evaluation = evaluate_candidate(settings, result.adapter_dir, live, dataset.held_out, golden, system_prompt)
+        report["evaluation"] = evaluation
+        from training.gate import decide
+        from training.evaluate import LossReport
+
+        decision = decide(
+            {k: LossReport(**v) for k, v in evaluation["held_out"].items()},
+            {k: LossReport(**v) for k, v in evaluation["regression"].items() if k != "rise"},
+            settings.training.regression_margin,
+            request.force,
+        )
+        report["gate"] = decision.to_dict()
+
+        report["installed"] = None
+        if decision.install:
+            phase("installing")
+            manifest = runtime.registry.install(
+                result.adapter_dir,
+                request.adapter,
+                **_manifest_fields(live, request, dataset.questions),
+                metrics=_metrics(evaluation),
+                provenance={
+                    "source": "training",
+                    "run_id": run_id,
+                    "dataset_hash": dataset.card.content_hash,
+                    "forced": decision.forced,
+                    "gate": decision.reasons,
+                },
+            )
+            report["installed"] = {"name": manifest.name, "version": manifest.version}
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        phase("done")
+        return report
+    except BaseException as exc:
+        report["error"] = str(exc) or type(exc).__name__
+        raise
+    finally:
+        write_json_atomic(run_dir / "report.json", report)
+        lock.release()
+
+
+def _live(runtime: "Runtime", name: str):
+    try:
+        return runtime.registry.get(name)
+    except NotFoundError:
+        return None
+
+
+def _manifest_fields(live, request: TrainRequest, questions: list[str]) -> dict[str, Any]:
+    """A new version keeps what operators set on the live one; a new adapter gets the request's fields."""
+    if live is not None:
+        return {
+            "description": live.description,
+            "examples": live.examples,
+            "keywords": live.keywords,
+            "collections": live.collections,
+            "system_prompt": live.system_prompt,
+            "no_answer": live.no_answer,
+            "generation": live.generation,
+        }
+    return {
+        "description": request.description or f"Trained from {'the conversation log' if request.from_logs else 'data files'}",
+        "examples": request.examples if request.examples is not None else questions[:ROUTING_EXAMPLES],
+        "system_prompt": request.system_prompt,
+    }
+
+
+def _metrics(evaluation: dict[str, Any]) -> dict[str, Any]:
+    metrics = {
+        "held_out_loss": evaluation["held_out"]["candidate"]["loss"],
+        "held_out_perplexity": evaluation["held_out"]["candidate"]["perplexity"],
+        "general_perplexity": evaluation["regression"]["candidate"]["perplexity"],
+        "general_perplexity_rise": evaluation["regression"]["rise"],
+    }
+    if evaluation.get("golden"):
+        metrics["golden_pass_rate"] = evaluation["golden"]["candidate"]["pass_rate"]
+    return metrics
+
+
+def regression_chats(system_prompt: str | None) -> list[list[dict]]:
+    """The general English and Chinese chats of the forgetting guard, with the adapter's system prompt."""
+    from collections import Counter
+
+    from training.dataset import with_system
+
+    return [with_system(chat, system_prompt) for _, chat in read_chats(REGRESSION_FILE, Counter())]
+
+
+def evaluate_candidate(settings, candidate: Path | None, live, held_out, golden, system_prompt: str | None) -> dict[str, Any]:
+    """Held-out loss for base, live and candidate; regression perplexity; golden set for candidate and live."""
+    from dataclasses import asdict
+
+    from training.evaluate import BASE, CANDIDATE, LIVE, Evaluator
+
+    evaluator = Evaluator(settings, candidate=candidate, live=Path(live.path) if live else None)
+    subject = CANDIDATE if candidate else LIVE
+    evaluation: dict[str, Any] = {"held_out": {}, "regression": {}}
+    if held_out:
+        for variant in evaluator.variants:
+            evaluation["held_out"][variant] = asdict(evaluator.loss(held_out, variant))
+    general = regression_chats(system_prompt)
+    for variant in (BASE, subject):
+        evaluation["regression"][variant] = asdict(evaluator.loss(general, variant))
+    base_ppl = evaluation["regression"][BASE]["perplexity"]
+    evaluation["regression"]["rise"] = round(evaluation["regression"][subject]["perplexity"] / base_ppl - 1, 4)
+    if golden:
+        evaluation["golden"] = {v: evaluator.golden(golden, v, system_prompt).to_dict() for v in evaluator.variants}
+    return evaluation
+
+
+def evaluate_adapter(runtime: "Runtime", name: str, *, golden: Path | None = None, data: Path | None = None) -> dict[str, Any]:
+    """The evaluation report of an installed adapter's current version against the base.
+
+    Held-out chats come from ``data`` or, for a trained adapter, from the
+    held-out split of the run that produced it.
+    """
+    from collections import Counter
+
+    from bot.errors import InvalidRequestError
+    from training.evaluate import read_golden
+
+    manifest = runtime.registry.get(name)
+    held_out_file = data
+    run_id = manifest.provenance.get("run_id")
+    if held_out_file is None and run_id:
+        candidate = runtime.settings.runs_dir / run_id / "dataset" / "held_out.jsonl"
+        held_out_file = candidate if candidate.is_file() else None
+    held_out = []
+    if held_out_file is not None:
+        dropped: Counter = Counter()
+        held_out = [chat for _, chat in read_chats(Path(held_out_file), dropped)]
+        if not held_out:
+            raise InvalidRequestError(f"{held_out_file}: no usable chats")
+    cases = read_golden(golden) if golden else None
+    evaluation = evaluate_candidate(runtime.settings, None, manifest, held_out, cases, manifest.system_prompt or None)
+    return {
+        "adapter": manifest.name,
+        "version": manifest.version,
+        "held_out_source": str(held_out_file) if held_out_file else None,
+        **evaluation,
+    }

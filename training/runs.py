@@ -1,0 +1,132 @@
+"""Training runs in the background, for the admin API and the UI.
+
+``RunManager.start`` validates the request, answers with a run id at once and
+trains in a thread; ``status`` reports the state, the phase, step/total with
+an ETA, and the report when done. The status is also written to the run
+folder (``status.json``), so a run started by another process, or before a
+restart, can still be looked up. One run at a time per home: training takes
+the whole machine.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from bot.errors import LockedError, NotFoundError, SwitchboardError
+from training.finetune import Progress
+from training.run import TrainRequest, new_run_id, parse_request, train_adapter, write_json_atomic
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class RunManager:
+    def __init__(self, runtime: "Runtime") -> None:
+        self.runtime = runtime
+        self._lock = threading.Lock()
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._stops: dict[str, threading.Event] = {}
+        self._threads: dict[str, threading.Thread] = {}
+
+    def start(self, request: TrainRequest | dict[str, Any]) -> str:
+        """Start a run in the background and return its id; refuses while another run of this manager is active."""
+        if not isinstance(request, TrainRequest):
+            request = parse_request(request)
+        with self._lock:
+            if any(s["state"] in ("queued", "running") for s in self._runs.values()):
+                raise LockedError("a training run is already in progress; wait for it to finish")
+            run_id = new_run_id()
+            self._runs[run_id] = {
+                "run_id": run_id,
+                "adapter": request.adapter,
+                "state": "queued",
+                "phase": None,
+                "progress": None,
+                "report": None,
+                "error": None,
+                "started_at": time.time(),
+                "finished_at": None,
+            }
+            self._stops[run_id] = threading.Event()
+            thread = threading.Thread(target=self._work, args=(run_id, request), name=f"train-{run_id}", daemon=True)
+            self._threads[run_id] = thread
+        self._save(run_id)
+        thread.start()
+        return run_id
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        with self._lock:
+            if run_id in self._runs:
+                return json.loads(json.dumps(self._runs[run_id], default=str))
+        path = self.runtime.settings.runs_dir / run_id / "status.json"
+        if "/" in run_id or run_id.startswith(".") or not path.is_file():
+            raise NotFoundError(f"no training run {run_id!r}")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def cancel(self, run_id: str) -> None:
+        """Ask a run to stop after its current step; it ends 'cancelled' and installs nothing."""
+        if run_id not in self._stops:
+            raise NotFoundError(f"no training run {run_id!r} in this process")
+        self._stops[run_id].set()
+
+    def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
+        thread = self._threads.get(run_id)
+        if thread is not None:
+            thread.join(timeout)
+        return self.status(run_id)
+
+    def _update(self, run_id: str, **changes: Any) -> None:
+        with self._lock:
+            self._runs[run_id].update(changes)
+        self._save(run_id)
+
+    def _save(self, run_id: str) -> None:
+        folder = self.runtime.settings.runs_dir / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            snapshot = json.loads(json.dumps(self._runs[run_id], default=str))
+        write_json_atomic(folder / "status.json", snapshot)
+
+    def _on_progress(self, run_id: str, phase: str, progress: Progress | None) -> None:
+        changes: dict[str, Any] = {"phase": phase}
+        if progress is not None:
+            changes["progress"] = {
+                "step": progress.step,
+                "total": progress.total,
+                "eta_s": None if progress.eta_s is None else round(progress.eta_s, 1),
+                "loss": progress.loss,
+                "eval_loss": progress.eval_loss,
+            }
+        self._update(run_id, **changes)
+
+    def _work(self, run_id: str, request: TrainRequest) -> None:
+        self._update(run_id, state="running")
+        stop = self._stops[run_id]
+        try:
+            report = train_adapter(
+                self.runtime,
+                request,
+                run_id=run_id,
+                on_progress=lambda phase, p: self._on_progress(run_id, phase, p),
+                should_stop=stop.is_set,
+            )
+        except SwitchboardError as exc:
+            state = "cancelled" if stop.is_set() else "failed"
+            self._update(run_id, state=state, error=str(exc), report=_read_report(self.runtime, run_id), finished_at=time.time())
+        except Exception as exc:  # a background thread has no one else to tell
+            self._update(run_id, state="failed", error=f"{type(exc).__name__}: {exc}", report=_read_report(self.runtime, run_id), finished_at=time.time())
+        else:
+            self._update(run_id, state="succeeded", report=report, finished_at=time.time())
+
+
+def _read_report(runtime: "Runtime", run_id: str) -> dict[str, Any] | None:
+    path = runtime.settings.runs_dir / run_id / "report.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
