@@ -149,8 +149,8 @@ def labelled() -> list[LabelledMessage]:
     return [LabelledMessage(**json.loads(line)) for line in lines if line.strip()]
 
 
-def measure(classify, cases: list[LabelledMessage], passes: int) -> dict:
-    """Accuracy of the first pass; wall and CPU time of every call, in milliseconds.
+def measure(classify, cases: list[LabelledMessage], passes: int, judge: bool = True) -> dict:
+    """Accuracy of the first pass (when ``judge``); wall and CPU time of every call, in milliseconds.
 
     CPU time (this process, all threads) is shown beside wall time because on a
     shared machine wall time also counts the time other processes held the cores.
@@ -164,7 +164,7 @@ def measure(classify, cases: list[LabelledMessage], passes: int) -> dict:
             cpu.append((time.process_time() - started_cpu) * 1000)
             correct += number == 0 and predicted == case.adapter
     return {
-        "accuracy": correct / len(cases),
+        "accuracy": correct / len(cases) if judge else None,
         "p50": statistics.median(wall),
         "p95": percentile(wall, 0.95),
         "cpu": statistics.median(cpu),
@@ -235,20 +235,26 @@ def main() -> None:
         started = time.perf_counter()
         one_more = Manifest(name="one-more", version=1, examples=["How do I reset my smart thermostat?"])
         large.sync([*twenty_adapters(), one_more])
-        live_ms = (time.perf_counter() - started) * 1000
+        added_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        large.sync(twenty_adapters())  # and removed again: back to 20 x 20
+        removed_ms = (time.perf_counter() - started) * 1000
 
         demo_size = f"2 x {sum(len(m.examples) for m in demo) // 2}"
         large_size = f"20 x {EXAMPLES_PER_ADAPTER}"
+        twenty = measure(lambda t: large.route(t).adapter, cases, args.passes)
         results = [
             ("router, 2 demo adapters", demo_size, measure(lambda t: small.route(t).adapter, cases, args.passes)),
-            ("router, 20 adapters", large_size, measure(lambda t: large.route(t).adapter, cases, args.passes)),
+            ("router, 20 adapters", large_size, twenty),
+            ("floor: the encoder alone", "-", measure(lambda t: encoder([t]), cases, args.passes, judge=False)),
         ]
         calibrated = calibrate(large, cases)
         if not args.skip_llm:
             print("loading the base model for the LLM baseline ...", file=sys.stderr)
             classify = llm_classifier(settings, demo)
             classify(cases[0].text)  # warm-up
-            results.append(("baseline: base LLM classifies", "2 (descr.)", measure(classify, cases, 1)))
+            llm = measure(classify, cases, 1)
+            results.append(("baseline: base LLM classifies", "2 (descr.)", llm))
 
     import torch
 
@@ -259,23 +265,23 @@ def main() -> None:
     print(row("method", "adapters", "accuracy", "p50 ms", "p95 ms", "cpu p50 ms", "calls"))
     print(row("-" * 34, "-" * 12, "-" * 10, "-" * 10, "-" * 10, "-" * 10, "-" * 7))
     for name, adapters, r in results:
-        figures = [f"{r['accuracy']:.3f}", f"{r['p50']:.1f}", f"{r['p95']:.1f}", f"{r['cpu']:.1f}"]
+        accuracy = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        figures = [accuracy, f"{r['p50']:.1f}", f"{r['p95']:.1f}", f"{r['cpu']:.1f}"]
         print(row(name, adapters, *figures, r["n"]))
-    router_p50 = results[1][2]["p50"]
+    router_p50 = twenty["p50"]
     print()
     print(
         f"index build: 2 demo adapters {small_sync:.2f} s, 20 x 20 examples {large_sync:.2f} s; "
-        f"live install of one more adapter {live_ms:.0f} ms"
+        f"live: one more adapter added in {added_ms:.0f} ms, removed in {removed_ms:.0f} ms"
     )
     print(
         f"20 adapters at threshold {settings.router.threshold}: accuracy {calibrated.accuracy:.3f}; calibrated on "
         f"this set (in-sample), threshold {calibrated.best_threshold} gives {calibrated.best_accuracy:.3f}"
     )
     if not args.skip_llm:
-        llm = results[-1][2]
         print(
             f"ratio: the LLM classifier's p50 is {llm['p50'] / router_p50:.0f}x the router's (20 adapters); "
-            f"accuracy {results[1][2]['accuracy']:.3f} vs {llm['accuracy']:.3f}"
+            f"accuracy {twenty['accuracy']:.3f} vs {llm['accuracy']:.3f}"
         )
     verdict = "met" if router_p50 <= TARGET_P50_MS else "NOT met"
     print(f"target: router p50 <= {TARGET_P50_MS:.0f} ms with 20 x 20: {verdict} ({router_p50:.1f} ms)")

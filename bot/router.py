@@ -7,9 +7,10 @@ reaches the threshold the base model answers.
 
 The similarity has two channels because the shared encoder may not read every
 script. all-MiniLM-L6-v2 maps most Chinese characters to [UNK], so the cosine
-of two Chinese sentences is noise (a cooking question scores 0.99 against a
-refund question). The dense channel therefore embeds only the text the
-encoder reads (Chinese runs are cut out when it cannot read them), and a
+of two Chinese sentences is noise (「番茄炒蛋怎么做？」, a recipe question,
+scores 0.99 against 「怎么退货？」, how to return goods). The dense channel
+therefore embeds only the text the encoder reads (Chinese runs are cut out
+when it cannot read them), and a
 lexical channel (TF-IDF over words, Chinese segmented by jieba and folded to
 Simplified script) covers the rest. Each channel is weighted by its share of
 the message's words: English routes by meaning, Chinese by shared words, and

@@ -43,8 +43,10 @@ def route(
     """Show which adapter a message goes to (null: the base model), how sure the router is, and every score."""
     if eval_file is None and set_threshold:
         raise InvalidRequestError("--set-threshold needs --eval FILE: it stores the threshold found on that file")
-    if (message is None) == (eval_file is None):
-        raise InvalidRequestError("give either a MESSAGE to route or --eval FILE, not both")
+    if message is None and eval_file is None:
+        raise InvalidRequestError("give a MESSAGE to route, or --eval FILE to calibrate")
+    if message is not None and eval_file is not None:
+        raise InvalidRequestError("give a MESSAGE or --eval FILE, not both")
     if eval_file is not None and previous:
         raise InvalidRequestError("--previous applies to one message, not to --eval")
     if message is not None:
@@ -57,9 +59,8 @@ def route(
         return
     from bot.calibration import calibrate, read_labelled
 
-    router = runtime.router
-    cases = read_labelled(eval_file, router.adapters)
-    report = calibrate(router, cases, progress=True).to_dict()
+    cases = read_labelled(eval_file, [m.name for m in runtime.registry.list() if m.enabled])  # before any model loads
+    report = calibrate(runtime.router, cases, progress=True).to_dict()
     if set_threshold:
         report["stored"] = str(store_threshold(settings, report["best_threshold"]))
     emit(report, as_json, _report_text(report))
