@@ -27,6 +27,13 @@ def pipeline(chat_runtime):
     return chat_runtime.pipeline
 
 
+def streamed(pipeline, request: TurnRequest):
+    """A turn as the server runs it: generated in the stream's worker thread, read piece by piece."""
+    stream = pipeline.stream(pipeline.prepare(request))
+    pieces = list(stream)
+    return stream.result, pieces
+
+
 def test_routed_turn_is_grounded_cited_and_logged(chat_runtime, pipeline):
     turn = pipeline.prepare(TurnRequest(WARRANTY_QUESTION))
     assert turn.adapter == "support" and turn.adapter_version == 1
@@ -37,9 +44,10 @@ def test_routed_turn_is_grounded_cited_and_logged(chat_runtime, pipeline):
     for number, passage in enumerate(turn.passages, start=1):
         assert f"[{number}] {passage.source}" in user  # the numbers the answer cites are the sources returned
 
-    pieces: list[str] = []
-    result = pipeline.complete(turn, on_text=pieces.append)
-    assert "".join(pieces).strip() == result.answer
+    stream = pipeline.stream(turn)
+    pieces = list(stream)
+    result = stream.result
+    assert len(pieces) >= 2 and "".join(pieces).strip() == result.answer
     assert [s["number"] for s in result.sources] == list(range(1, len(turn.passages) + 1))
     assert [s["id"] for s in result.sources] == [p.id for p in turn.passages]
     assert 0 < result.completion_tokens <= 8
@@ -59,9 +67,9 @@ def test_nothing_relevant_answers_in_the_adapter_voice(chat_runtime, pipeline, a
 
 
 def test_base_answers_without_sources_and_follows_the_conversation(pipeline):
-    first = pipeline.answer(TurnRequest("Say hello.", adapter="base"))
+    first, _ = streamed(pipeline, TurnRequest("Say hello.", adapter="base"))
     assert first.adapter is None and first.sources == [] and first.route_reason == "requested"
-    follow = pipeline.answer(TurnRequest("Say hello.", adapter="base", conversation_id=first.conversation_id))
+    follow, _ = streamed(pipeline, TurnRequest("Say hello.", adapter="base", conversation_id=first.conversation_id))
     assert follow.conversation_id == first.conversation_id
     assert follow.prompt_tokens > first.prompt_tokens  # the logged history is in the prompt
 
@@ -120,7 +128,7 @@ def test_cli_chat_json_goes_through_the_pipeline(chat_runtime):
 
 
 def test_a_short_follow_up_stays_with_the_conversation_adapter(pipeline):
-    first = pipeline.answer(TurnRequest(WARRANTY_QUESTION))
+    first, _ = streamed(pipeline, TurnRequest(WARRANTY_QUESTION))
     follow = pipeline.prepare(TurnRequest("And for tents?", conversation_id=first.conversation_id))
     assert (follow.adapter, follow.route.reason) == ("support", "follow-up")
     assert follow.messages[1:3] == [
