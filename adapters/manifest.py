@@ -81,7 +81,7 @@ class Manifest:
     generation: dict[str, Any] = field(default_factory=dict, metadata={"help": "Generation defaults for its answers."})
     metrics: dict[str, Any] = field(default_factory=dict, metadata={"help": "Evaluation figures recorded at install."})
     provenance: dict[str, Any] = field(default_factory=dict, metadata={"help": "Where it came from (upload, run id)."})
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
     path: str = field(default="", metadata={"help": "Folder holding this version's files (not stored)."})
 
     @property
@@ -90,8 +90,12 @@ class Manifest:
 
     @property
     def key(self) -> str:
-        """Name under which the engine loads this version: a new version never reuses stale weights."""
-        return f"{self.name}__v{self.version}"
+        """Name under which the engine loads this version: a new version never reuses stale weights.
+
+        The install time is part of it, so removing an adapter and installing another under the
+        same name (which starts again at v1) cannot hit weights a running server still holds.
+        """
+        return f"{self.name}__v{self.version}_{re.sub(r'[^0-9]', '', self.created_at)}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,6 +29,7 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn or a stop string), "length" or "cancelled"
+    token_ids: tuple[int, ...] = ()
 
 
 class DecodeRow:
@@ -65,7 +66,7 @@ class DecodeRow:
         if self.done:
             return
         options = self.request.options
-        if token in self.eos_ids:
+        if token in self.eos_ids and not options.ignore_eos:
             self.finish_reason = "stop"
         else:
             self.generated.append(token)
@@ -108,4 +109,5 @@ class DecodeRow:
             prompt_tokens=len(self.prompt_ids),
             completion_tokens=len(self.generated),
             finish_reason=self.finish_reason or "length",
+            token_ids=tuple(self.generated),
         )

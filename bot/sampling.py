@@ -21,6 +21,7 @@ class GenerationOptions(BaseModel):
     repetition_penalty: float = Field(1.0, ge=1.0, le=3.0, description="CTRL-style penalty on seen tokens.")
     stop: list[str] = Field(default_factory=list, description="Generation ends before the first of these strings.")
     seed: int | None = Field(None, description="Makes sampling repeatable.")
+    ignore_eos: bool = Field(False, description="Keep generating past end-of-turn (benchmarks need equal lengths).")
 
     @classmethod
     def from_defaults(cls, defaults: GenerationDefaults, **overrides) -> GenerationOptions:

@@ -54,13 +54,44 @@ def test_adapter_changes_answer_and_base_unchanged(engine, two_adapters):
     assert engine.generate(PROMPTS[0], None, options).text == base_before
 
 
+def penalised_logits(engine, prompt, adapter, prefix, penalty):
+    """The logits a greedy row saw after ``prefix``, with the repetition penalty applied as the sampler does."""
+    ids = engine.render(prompt) + list(prefix)
+    input_ids = torch.tensor([ids])
+    mask = torch.ones_like(input_ids)
+    with torch.inference_mode():
+        from transformers import DynamicCache
+
+        logits = engine.forward(input_ids, mask, mask.cumsum(-1) - 1, DynamicCache(), [adapter]).logits[0, -1].float()
+    seen = torch.tensor(ids)
+    scores = logits.gather(0, seen)
+    return logits.scatter(0, seen, torch.where(scores < 0, scores * penalty, scores / penalty))
+
+
 def test_mixed_batch_equals_each_row_alone(engine, two_adapters):
+    """Greedy rows of a mixed batch reproduce the rows generated alone.
+
+    Batched and single 4-bit matrix products accumulate in a different order
+    on the CPU; through 30 layers that moves a logit by up to a few hundredths,
+    so two candidates that tie that closely may be ordered either way. Any
+    divergence must be such a near-tie; a row given the wrong adapter differs
+    by whole logits (the random adapters here move them by several).
+    """
     adapters = [two_adapters[0], None, two_adapters[1], two_adapters[0]]
     options = greedy(engine, 20)
-    alone = [engine.generate(p, a, options).text for p, a in zip(PROMPTS, adapters)]
+    alone = [engine.generate(p, a, options) for p, a in zip(PROMPTS, adapters)]
     batch = engine.generate_batch([GenerationRequest(p, a, options) for p, a in zip(PROMPTS, adapters)])
-    assert [g.text for g in batch] == alone
-    assert len(set(alone)) == len(alone)
+    assert len({g.text for g in alone}) == len(alone)
+    identical = 0
+    for prompt, adapter, solo, mixed in zip(PROMPTS, adapters, alone, batch):
+        if solo.token_ids == mixed.token_ids:
+            identical += 1
+            continue
+        step = next(i for i, (x, y) in enumerate(zip(solo.token_ids, mixed.token_ids)) if x != y)
+        logits = penalised_logits(engine, prompt, adapter, solo.token_ids[:step], options.repetition_penalty)
+        gap = abs(float(logits[solo.token_ids[step]] - logits[mixed.token_ids[step]]))
+        assert gap < 0.1, f"row diverged at token {step} with a score gap of {gap:.4f}: not a rounding tie"
+    assert identical >= len(alone) - 1
 
 
 def test_hot_load_unload_switch_keeps_base(engine, make_random_adapter):
@@ -143,3 +174,20 @@ def test_prompt_over_context_window(engine):
     huge = [{"role": "user", "content": "word " * (engine.context_window + 10)}]
     with pytest.raises(InvalidRequestError, match="context window"):
         engine.generate(huge, None, greedy(engine, 4))
+
+
+def test_trained_adapter_carries_its_style(engine, style_adapter):
+    from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF
+
+    marker = STYLE_SIGN_OFF.split()[-1]  # "Switchboard!"
+    engine.load_adapter("style__v1", style_adapter)
+    try:
+        options = greedy(engine, 40)
+        prompts = [[{"role": "user", "content": p}] for p in STYLE_HELD_OUT_PROMPTS]
+        styled = engine.generate_batch([GenerationRequest(p, "style__v1", options) for p in prompts])
+        plain = engine.generate_batch([GenerationRequest(p, None, options) for p in prompts])
+    finally:
+        engine.unload_adapter("style__v1")
+    assert sum(marker in g.text for g in styled) >= len(prompts) - 1
+    assert sum(marker in g.text for g in plain) == 0
+    assert all(g.finish_reason == "stop" for g in styled)  # the trained end-of-turn token stops generation
