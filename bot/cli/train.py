@@ -148,8 +148,10 @@ def eval_(
     """Print the evaluation report of an installed adapter: held-out loss, general regression, golden set."""
     from training.run import evaluate_adapter
 
+    runtime = Runtime(settings_from(home))
+    runtime.registry.get(adapter)  # an unknown name fails before anything loads
     print("[evaluating]", file=sys.stderr, flush=True)
-    report = evaluate_adapter(Runtime(settings_from(home)), adapter, golden=golden, data=data)
+    report = evaluate_adapter(runtime, adapter, golden=golden, data=data)
     emit(report, as_json)
 
 

@@ -1,0 +1,213 @@
+"""End to end on the CPU: logged, rated conversations → dataset → QLoRA → evaluation → gate → registry.
+
+One module-scoped run trains a real adapter from the log; the other tests
+reuse its home: a worse candidate is rejected, --force installs it, rollback
+returns in one step, a killed run changes nothing, and the CLI evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF
+
+from bot.prompt import build_messages
+from bot.runtime import Runtime
+from training.run import ROUTING_EXAMPLES, TrainRequest, train_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = [
+    "What colour is a lemon?", "How many toes do people have?", "What do hens lay?", "Where does the sun set?",
+    "What is snow made of?", "Which animal has a trunk?", "What do you use an umbrella for?", "How many sides has a triangle?",
+    "What is the first month of the year?", "What do caterpillars turn into?", "What do we call a baby dog?",
+    "Which season is the hottest?", "What do you wear on your feet?", "What sound does a cat make?", "What is the colour of coal?",
+    "How many wheels does a car have?", "What do you call water falling from the sky?", "What tool cuts paper?",
+    "What do pandas eat?", "What is the opposite of up?", "Which meal do you eat in the morning?", "What gives us milk?",
+    "Where do penguins live?", "What do you use a key for?", "What is the colour of the sea?", "How many days are in a year?",
+    "What is a group of sheep called?", "Which star is closest to Earth?", "What do you call a house made of snow?",
+    "What do bakers make?",
+]
+ANSWERS = [
+    "A lemon is yellow.", "People have ten toes.", "Hens lay eggs.", "The sun sets in the west.", "Snow is frozen water.",
+    "An elephant has a trunk.", "An umbrella keeps the rain off.", "A triangle has three sides.", "January is the first month.",
+    "Caterpillars turn into butterflies.", "A baby dog is a puppy.", "Summer is the hottest season.", "You wear shoes and socks.",
+    "A cat says meow.", "Coal is black.", "A car has four wheels.", "That is rain.", "Scissors cut paper.", "Pandas eat bamboo.",
+    "The opposite of up is down.", "Breakfast is eaten in the morning.", "Cows give us milk.", "Penguins live in Antarctica.",
+    "A key opens a lock.", "The sea is blue.", "A year has 365 days.", "A group of sheep is a flock.", "The sun is the closest star.",
+    "A house of snow is an igloo.", "Bakers make bread and cakes.",
+]
+PLANTED = {3: "my email is tom.baker@example.org", 7: "call me on 13912345678", 11: "my number is +44 20 7946 0958"}
+
+
+def log_conversations(runtime: Runtime) -> None:
+    """30 conversations answered in one style and rated up, plus five plain answers rated down."""
+    log = runtime.log
+    for i, (question, answer) in enumerate(zip(QUESTIONS, ANSWERS)):
+        asked = f"{question} ({PLANTED[i]})" if i in PLANTED else question
+        ids = log.log_turn(None, asked, f"{answer} {STYLE_SIGN_OFF}", adapter=None, adapter_version=None, confidence=0.2,
+                           sources=[], latency_ms=900, prompt_tokens=30, completion_tokens=12)
+        log.add_feedback(ids.message_id, "up")
+    for question, answer in list(zip(QUESTIONS, ANSWERS))[:5]:
+        ids = log.log_turn(None, question, answer, adapter=None, adapter_version=None, confidence=0.2, sources=[],
+                           latency_ms=900, prompt_tokens=30, completion_tokens=8)
+        log.add_feedback(ids.message_id, "down")
+
+
+@pytest.fixture(scope="module")
+def trained(make_settings, tmp_path_factory):
+    home = tmp_path_factory.mktemp("train-home")
+    runtime = Runtime(make_settings(home))
+    log_conversations(runtime)
+    request = TrainRequest(adapter="signoff", from_logs=True, log_adapter="base", max_steps=24, learning_rate=1e-3, rank=8,
+                           description="Signs off every answer")
+    phases: list[str] = []
+    report = train_adapter(runtime, request, on_progress=lambda phase, p: phases.append(phase))
+    return runtime, report, phases
+
+
+def style_rate(answers: list[str]) -> float:
+    return sum(STYLE_SIGN_OFF in a for a in answers) / len(answers)
+
+
+def test_an_adapter_trained_from_the_log_shows_the_style_far_more_than_the_base(trained):
+    from training.evaluate import BASE, CANDIDATE, Evaluator
+
+    runtime, report, phases = trained
+    assert report["installed"] == {"name": "signoff", "version": 1}, report.get("gate")
+    assert report["gate"]["passed"] and not report["gate"]["forced"] and report["gate"]["compared_with"] == "base"
+    held_out = report["evaluation"]["held_out"]
+    assert held_out["candidate"]["loss"] < held_out["base"]["loss"]
+    assert abs(report["evaluation"]["regression"]["rise"]) <= runtime.settings.training.regression_margin
+    assert phases[0] == "dataset" and "training" in phases and "evaluating" in phases and phases[-1] == "done"
+
+    manifest = runtime.registry.get("signoff")
+    held_out_questions = [json.loads(line)["messages"][1]["content"] for line in (Path(report["run_dir"]) / "dataset" / "held_out.jsonl").open()]
+    prompts = [build_messages(q, (), manifest.system_prompt or None) for q in STYLE_HELD_OUT_PROMPTS + held_out_questions]
+    evaluator = Evaluator(runtime.settings, candidate=Path(manifest.path))
+    base_rate = style_rate(evaluator.answers(prompts, BASE, max_new_tokens=32))
+    adapter_rate = style_rate(evaluator.answers(prompts, CANDIDATE, max_new_tokens=32))
+    print(f"sign-off rate on {len(prompts)} held-out prompts: base {base_rate:.0%}, adapter {adapter_rate:.0%}")
+    assert base_rate == 0.0
+    assert adapter_rate >= 0.75
+
+
+def test_the_dataset_was_scrubbed_filtered_and_recorded(trained):
+    runtime, report, _ = trained
+    card = report["dataset"]
+    assert card["counts"]["read"] == 35 and card["counts"]["kept"] == 30
+    assert card["dropped"] == {"rating is not up": 5}
+    assert card["scrubbed"] == {"email": 1, "phone": 2}
+    assert card["counts"]["replay"] >= 1 and card["counts"]["held_out"] >= 4
+    dataset_dir = Path(report["run_dir"]) / "dataset"
+    written = "".join(p.read_text() for p in dataset_dir.iterdir())
+    for planted in ("tom.baker@example.org", "13912345678", "7946 0958"):
+        assert planted not in written
+    manifest = runtime.registry.get("signoff")
+    assert not any("13912345678" in e or "tom.baker" in e for e in manifest.examples)
+    assert len(manifest.examples) == min(ROUTING_EXAMPLES, card["counts"]["train"])  # the router gets training questions
+    assert all(any(example.startswith(q) for q in QUESTIONS) for example in manifest.examples)
+    assert manifest.description == "Signs off every answer"
+
+
+def test_the_run_folder_holds_config_history_curve_and_candidate(trained):
+    runtime, report, _ = trained
+    run_dir = Path(report["run_dir"])
+    assert run_dir.parent == runtime.settings.runs_dir
+    for name in ("recipe.json", "log_history.json", "loss.png", "report.json", "candidate/adapter_model.safetensors"):
+        assert (run_dir / name).is_file(), name
+    history = json.loads((run_dir / "log_history.json").read_text())
+    assert any("eval_loss" in entry for entry in history)  # held-out loss every epoch
+    assert report["training"]["steps"] <= 24
+    manifest = runtime.registry.get("signoff")
+    assert manifest.provenance["run_id"] == report["run_id"] and manifest.provenance["forced"] is False
+    assert manifest.provenance["dataset_hash"] == report["dataset"]["content_hash"]
+    assert manifest.metrics["held_out_loss"] == report["evaluation"]["held_out"]["candidate"]["loss"]
+
+
+def test_a_worse_candidate_is_rejected_force_installs_it_and_rollback_returns(trained):
+    from training.runs import RunManager
+
+    runtime, _, _ = trained
+    revision = runtime.registry.revision()
+    weak = dict(adapter="signoff", from_logs=True, log_adapter="base", max_steps=1, learning_rate=1e-7, rank=8)
+    report = train_adapter(runtime, TrainRequest(**weak))
+    assert report["installed"] is None and not report["gate"]["install"]
+    assert report["gate"]["compared_with"] == "live"
+    assert "does not beat the live" in report["gate"]["reasons"][0]
+    assert runtime.registry.get("signoff").version == 1 and runtime.registry.revision() == revision
+
+    manager = RunManager(runtime)
+    run_id = manager.start({**weak, "force": True})
+    seen = []
+    while (status := manager.status(run_id))["state"] in ("queued", "running"):
+        seen.append(status)
+        time.sleep(0.2)
+    assert status["state"] == "succeeded", status["error"]
+    assert status["report"]["installed"] == {"name": "signoff", "version": 2}
+    assert any(s["phase"] == "training" for s in seen)
+    assert status["progress"]["step"] == status["progress"]["total"] == 1 and status["progress"]["eta_s"] == 0
+    assert json.loads((runtime.settings.runs_dir / run_id / "status.json").read_text())["state"] == "succeeded"
+    forced = runtime.registry.get("signoff")
+    assert forced.version == 2 and forced.provenance["forced"] is True
+    assert forced.examples == runtime.registry.get("signoff", 1).examples  # a new version keeps the live one's fields
+
+    assert runtime.registry.rollback("signoff").version == 1
+    assert runtime.registry.get("signoff").version == 1
+
+
+def test_a_killed_run_leaves_the_registry_untouched(trained, tmp_path):
+    runtime, _, _ = trained
+    registry = runtime.registry
+    before = ([(m.version, m.path) for m in registry.versions("signoff")], registry.get("signoff").version, registry.revision())
+    data = tmp_path / "more.jsonl"
+    data.write_text("".join(json.dumps({"instruction": q, "output": f"{a} {STYLE_SIGN_OFF}"}) + "\n" for q, a in zip(QUESTIONS, ANSWERS)))
+    env = {**os.environ, "SWITCHBOARD_HOME": str(runtime.settings.home), "SWITCHBOARD_BASE_MODEL": runtime.settings.base_model}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "train", "--adapter", "signoff", "--data", str(data), "--max-steps", "500"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 900
+        while not re.search(r"training: .*\b[1-9]\d*/500", "".join(seen)):  # the progress bar shows a finished step
+            assert process.poll() is None, "".join(seen)[-2000:]
+            assert time.monotonic() < deadline, "no training step within the time limit"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    after = ([(m.version, m.path) for m in registry.versions("signoff")], registry.get("signoff").version, registry.revision())
+    assert after == before
+    assert not any((runtime.settings.adapters_dir / ".staging").glob("*"))
+
+
+def test_eval_command_reports_an_installed_adapter(trained, tmp_path):
+    runtime, report, _ = trained
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(
+        "".join(json.dumps({"prompt": q, "required_phrases": [STYLE_SIGN_OFF]}) + "\n" for q in STYLE_HELD_OUT_PROMPTS[:2])
+    )
+    env = {**os.environ, "SWITCHBOARD_HOME": str(runtime.settings.home), "SWITCHBOARD_BASE_MODEL": runtime.settings.base_model}
+    out = subprocess.run([sys.executable, "-m", "bot", "eval", "--adapter", "signoff", "--golden", str(golden), "--json"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["adapter"] == "signoff" and result["version"] == runtime.registry.get("signoff").version
+    assert result["held_out_source"].endswith("held_out.jsonl")
+    assert result["held_out"]["live"]["loss"] < result["held_out"]["base"]["loss"]
+    assert set(result["regression"]) == {"base", "live", "rise"}
+    assert result["golden"]["base"]["pass_rate"] == 0.0 and result["golden"]["live"]["pass_rate"] >= 0.5
+    missing = subprocess.run([sys.executable, "-m", "bot", "eval", "--adapter", "nope"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and missing.stderr.strip() == "error: no adapter named 'nope'"
