@@ -22,13 +22,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bot.cli import adapters, chat, kb, route, serve
+    from bot.cli import adapters, bootstrap, chat, kb, route, serve
 
     app.add_typer(adapters.app, name="adapters")
     chat.register(app)
     app.add_typer(kb.app, name="kb")
     route.register(app)
     serve.register(app)
+    bootstrap.register(app)
     from bot.cli import train  # conversation log export, training and evaluation
     train.register(app)
 
