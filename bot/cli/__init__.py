@@ -37,7 +37,8 @@ def _register() -> None:
 def main() -> None:
     _register()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of raising it
+        sys.exit(code or 0)
     except SwitchboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
