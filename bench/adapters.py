@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import AutoConfig  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
 
 from bot.base_model import load_base, resolve_base_model  # noqa: E402
 from bot.decoding import GenerationRequest  # noqa: E402
@@ -59,12 +60,16 @@ def main() -> None:
     parser.add_argument("--base-model", default=None, help="Any Hugging Face id or folder (default: packaged SmolLM2).")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
+    hf_logging.disable_progress_bar()
 
     home = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
     settings = load_settings({"home": home, "base_model": args.base_model, "device": args.device, "max_resident_adapters": 16})
     config = AutoConfig.from_pretrained(resolve_base_model(settings))
     folders = [make_random_adapter(config, home / f"lora{i}", seed=i, rank=16, targets=ALL_PROJECTIONS) for i in range(4)]
 
+    print(f"\nbase: {settings.base_model} ({settings.quantization}); medians of {args.runs} runs", flush=True)
+    print(row("measure", "value", "baseline", "ratio", "target"))
+    print(row("-" * 44, "-" * 14, "-" * 16, "-" * 10, "-" * 10), flush=True)
     engine = Engine(settings)
     base_bytes = engine.memory_bytes()
     keys = []
@@ -90,10 +95,14 @@ def main() -> None:
         fresh.load_adapter(keys[0], folders[0])
 
     cold = median_seconds(cold_start, args.runs)
+    print(row("hot switch vs reload base+adapter (s)", f"{hot_switch:.2e}", f"{cold:.2f}", f"{cold / hot_switch:,.0f}x", ">= 1000x"), flush=True)
 
     full = load_settings({"home": home, "base_model": args.base_model, "device": args.device, "quantization": "none"})
     full_bytes = load_base(full).footprint_bytes
     four_bit_bytes = engine.base.footprint_bytes
+    print(row("4-bit footprint vs full precision (MB)", f"{four_bit_bytes / 1e6:.1f}", f"{full_bytes / 1e6:.1f}", f"{four_bit_bytes / full_bytes:.1%}", "<= 35%"))
+    per_adapter = statistics.median(adapter_bytes)
+    print(row("bytes per resident adapter (r=16, all proj.)", f"{per_adapter / 1e6:.2f} MB", f"{base_bytes / 1e6:.1f} MB", f"{per_adapter / four_bit_bytes:.2%}", "<= 2%"), flush=True)
 
     options = engine.default_options(max_new_tokens=args.tokens, ignore_eos=True)
     requests = [GenerationRequest([{"role": "user", "content": p}], keys[i % 4], options) for i, p in enumerate(PROMPTS)]
@@ -107,16 +116,9 @@ def main() -> None:
             engine.generate_batch([request])
 
     tokens = len(requests) * args.tokens
-    batch_tps = tokens / median_seconds(batched, 3)
-    seq_tps = tokens / median_seconds(sequential, 3)
+    batch_tps = tokens / median_seconds(batched, args.runs)
+    seq_tps = tokens / median_seconds(sequential, args.runs)
 
-    print(f"\nbase: {settings.base_model} on {engine.device} ({'4-bit NF4' if engine.base.quantized else 'full'})")
-    print(row("measure", "value", "baseline", "ratio", "target"))
-    print(row("-" * 44, "-" * 14, "-" * 16, "-" * 10, "-" * 10))
-    print(row("hot switch vs reload base+adapter (s)", f"{hot_switch:.2e}", f"{cold:.2f}", f"{cold / hot_switch:,.0f}x", ">= 1000x"))
-    print(row("4-bit footprint vs full precision (MB)", f"{four_bit_bytes / 1e6:.1f}", f"{full_bytes / 1e6:.1f}", f"{four_bit_bytes / full_bytes:.1%}", "<= 35%"))
-    per_adapter = statistics.median(adapter_bytes)
-    print(row("bytes per resident adapter (r=16, all proj.)", f"{per_adapter / 1e6:.2f} MB", f"{base_bytes / 1e6:.1f} MB", f"{per_adapter / four_bit_bytes:.2%}", "<= 2%"))
     print(row("8 req / 4 adapters: mixed batch vs sequential", f"{batch_tps:.1f} tok/s", f"{seq_tps:.1f} tok/s", f"{batch_tps / seq_tps:.2f}x", ">= 3x"))
 
 
