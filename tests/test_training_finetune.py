@@ -29,7 +29,7 @@ def test_style_adapter_is_a_peft_folder_with_the_run_record(style_adapter):
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert losses[-1] < losses[0] / 3, losses
     assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((run_dir / "recipe.json").read_text())["max_steps"] == 24
+    assert json.loads((run_dir / "recipe.json").read_text())["max_steps"] == 16
     assert not (run_dir / "checkpoints").exists()
 
 

@@ -63,6 +63,7 @@ class FinetuneResult:
     seconds: float
     tokens_seen: int
     tokens_per_s: float
+    base_bytes: int = 0  # memory held by the base model's weights as loaded for training (4-bit or full)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -315,6 +316,7 @@ def finetune(
         seconds=seconds,
         tokens_seen=tokens,
         tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
+        base_bytes=base.footprint_bytes,
     )
 
 
