@@ -4,8 +4,10 @@ The base loads once. Adapters are loaded into one PEFT wrapper under keys
 ``NAME__vN`` (so a new version never reuses stale weights) and chosen per row
 with PEFT's ``adapter_names``: there is no global "active adapter" that one
 caller could switch under another. At most ``max_resident_adapters`` stay
-loaded; the least recently used are unloaded and reloaded from the registry
-on demand.
+loaded; the least recently used are unloaded and reloaded from their folder
+on demand. Adapters of rows being decoded are held and never evicted.
+Decoding goes through :class:`bot.batch.Batch`, the same running batch the
+scheduler (:mod:`bot.scheduler`) feeds continuously.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import torch
 
 from adapters.manifest import BaseFingerprint, Manifest
 from bot.base_model import LoadedBase, fingerprint_of, load_base
+from bot.batch import Batch
 from bot.decoding import DecodeRow, Generation, GenerationRequest
 from bot.errors import InvalidAdapterError, InvalidRequestError
 from bot.sampling import GenerationOptions
@@ -43,7 +46,10 @@ class Engine:
         self.context_window = int(getattr(self.base.model.config, "max_position_embeddings", 2048))
         self._peft = None
         self._resident: OrderedDict[str, Path] = OrderedDict()
-        self._lock = threading.RLock()
+        self._folders: dict[str, Path] = {}  # every key that may be (re)loaded: resident or evicted
+        self._held: Counter[str] = Counter()  # keys in use by rows being decoded
+        # Held for every forward pass and residency change; the scheduler takes it once per step.
+        self.lock = threading.RLock()
         self.eos_ids = self._eos_ids()
         self.adapter_load_seconds: list[float] = []
         log.info(
@@ -67,7 +73,7 @@ class Engine:
 
     @property
     def resident_adapters(self) -> list[str]:
-        with self._lock:
+        with self.lock:
             return list(self._resident)
 
     def memory_bytes(self) -> int:
@@ -81,7 +87,9 @@ class Engine:
         """Load a PEFT folder under ``key``; loading a key that is resident only marks it recently used."""
         from peft import PeftModel
 
-        with self._lock:
+        # Never as inference tensors (a decoding step may ask for a reload): PEFT later toggles requires_grad.
+        with self.lock, torch.inference_mode(False):
+            self._folders[key] = Path(path)
             if key in self._resident:
                 self._resident.move_to_end(key)
                 return
@@ -101,19 +109,54 @@ class Engine:
             self._evict(keep={key})
 
     def unload_adapter(self, key: str) -> None:
-        with self._lock:
-            if key not in self._resident:
-                return
+        """Forget an adapter; while rows still decode with it, it is dropped when the last one finishes."""
+        with self.lock:
+            self._folders.pop(key, None)
+            if not self._held[key]:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        if key in self._resident:
             del self._resident[key]
             self._peft.delete_adapter(key)
 
     def _evict(self, keep: set[str]) -> None:
         while len(self._resident) > self.settings.max_resident_adapters:
-            victim = next((k for k in self._resident if k not in keep), None)
+            victim = next((k for k in self._resident if k not in keep and not self._held[k]), None)
             if victim is None:
                 return
             log.info("Unloading least recently used adapter %s", victim)
-            self.unload_adapter(victim)
+            self._drop(victim)
+
+    def activate(self, keys: list[str | None]) -> None:
+        """Make these adapters resident and most recently used, reloading evicted ones from their folders."""
+        with self.lock:
+            for key in dict.fromkeys(k for k in keys if k is not None):
+                if key not in self._folders:
+                    raise InvalidRequestError(f"adapter {key!r} is not loaded")
+                self.load_adapter(key, self._folders[key])
+            self._evict(keep=set(keys))
+
+    def hold(self, keys: list[str | None]) -> None:
+        """Protect the adapters of rows entering a batch from eviction."""
+        with self.lock:
+            self._held.update(k for k in keys if k is not None)
+
+    def release(self, keys: list[str | None]) -> None:
+        """Rows left the batch: their adapters may be evicted again (or dropped, if unloaded meanwhile)."""
+        with self.lock:
+            self._held.subtract(k for k in keys if k is not None)
+            for key in {k for k in keys if k is not None}:
+                if self._held[key] <= 0:
+                    del self._held[key]
+                    if key not in self._folders:
+                        self._drop(key)
+            self._evict(keep=set())
+
+    def has_room(self, keys: set[str]) -> bool:
+        """Whether these adapters and every held one fit within the residency limit at once."""
+        with self.lock:
+            return len(set(keys) | set(self._held)) <= self.settings.max_resident_adapters
 
     def ensure(self, manifest: Manifest | None) -> str | None:
         """The engine key of a registry version, loading it on first use; None means the base."""
@@ -133,8 +176,9 @@ class Engine:
     def count_tokens(self, messages: list[dict]) -> int:
         return len(self.render(messages))
 
-    def _row(self, request: GenerationRequest) -> DecodeRow:
-        if request.adapter is not None and request.adapter not in self._resident:
+    def prepare(self, request: GenerationRequest) -> DecodeRow:
+        """Check a request and render its prompt; its adapter may be evicted now and reloaded when it runs."""
+        if request.adapter is not None and request.adapter not in self._folders:
             raise InvalidRequestError(f"adapter {request.adapter!r} is not loaded")
         prompt_ids = self.render(request.messages)
         budget = self.context_window - len(prompt_ids)
@@ -146,57 +190,35 @@ class Engine:
             request.options = request.options.model_copy(update={"max_new_tokens": budget})
         return DecodeRow(request, prompt_ids, self.tokenizer, self.eos_ids, self.device)
 
-    def forward(self, input_ids, attention_mask, position_ids, cache, adapters: list[str | None]):
-        """One forward pass in which each row uses its own adapter."""
+    def forward(
+        self, input_ids, attention_mask, position_ids, cache, adapters: list[str | None], logits_to_keep: int = 1
+    ):
+        """One forward pass in which each row uses its own adapter; logits of the last ``logits_to_keep`` positions (0: all)."""
         kwargs = {}
-        if self.model is self._peft:
-            kwargs["adapter_names"] = [a or BASE_ROW for a in adapters]
-        return self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-            **kwargs,
-        )
-
-    @torch.inference_mode()
-    def _decode(self, rows: list[DecodeRow]) -> None:
-        from transformers import DynamicCache
-
-        pad = self.tokenizer.pad_token_id
-        width = max(len(r.prompt_ids) for r in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-            attention_mask[i, width - len(row.prompt_ids) :] = 1
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        adapters = [r.request.adapter for r in rows]
-        cache = DynamicCache()
-        out = self.forward(input_ids, attention_mask, position_ids, cache, adapters)
-        while True:
-            logits = out.logits[:, -1, :]
-            tokens = []
-            for i, row in enumerate(rows):
-                token = row.choose(logits[i]) if not row.done else pad
-                row.push(token)
-                tokens.append(token)
-            if all(r.done for r in rows):
-                return
-            next_ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1)
-            position_ids = position_ids[:, -1:] + 1
-            out = self.forward(next_ids, attention_mask, position_ids, cache, adapters)
+        with self.lock:  # PEFT passes adapter_names through hooks on shared modules: one pass at a time
+            if self.model is self._peft:
+                kwargs["adapter_names"] = [a or BASE_ROW for a in adapters]
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Decode all requests in one batch; each row keeps its own adapter, options and stream."""
-        with self._lock:
-            rows = [self._row(r) for r in requests]
-            for key in {r.adapter for r in requests if r.adapter}:
-                self._resident.move_to_end(key)
-            self._decode(rows)
+        rows = [self.prepare(r) for r in requests]
+        with self.lock:
+            batch = Batch(self)
+            try:
+                batch.admit(rows)
+                while batch:
+                    batch.step()
+            finally:
+                batch.abandon()  # releases held adapters if a step failed; a no-op once all rows finished
         return [r.result() for r in rows]
 
     def generate(

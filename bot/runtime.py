@@ -41,6 +41,13 @@ class Runtime:
         return Engine(self.settings)
 
     @cached_property
+    def scheduler(self):
+        """The one worker that batches every caller's generations (continuous batching across adapters)."""
+        from bot.scheduler import Scheduler
+
+        return Scheduler(self.engine, self.settings.scheduler).start()
+
+    @cached_property
     def encoder(self):
         """One embedding model for the router and the knowledge base."""
         from knowledge.embeddings import SentenceEncoder

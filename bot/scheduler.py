@@ -1,0 +1,250 @@
+"""Serving under load: continuous batching of concurrent requests across adapters.
+
+Every request from any caller (HTTP API, UI, CLI) is submitted here and gets a
+:class:`Ticket`. One worker thread owns the model: between two decoding steps it
+admits waiting requests into the running :class:`bot.batch.Batch` (their prompts
+are prefilled together and join the next step) and retires rows that finished or
+were cancelled, so one long answer holds the others back by one step at most.
+Each forward pass carries rows for different adapters (PEFT mixed-adapter
+batches); each row keeps its own stream, token budget, stop strings, temperature
+and seed.
+
+The waiting line is bounded: past ``max_queue`` waiting requests ``submit``
+raises :class:`bot.errors.BusyError` (503 with Retry-After at the HTTP edge)
+instead of building an unbounded backlog. Adapters outside the engine's resident
+set are reloaded when their request is admitted; a request is admitted only while
+its adapter and those of every running row fit within the residency limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+from bot.batch import Batch
+from bot.decoding import DecodeRow, Generation, GenerationRequest
+from bot.errors import BusyError, SwitchboardError
+from bot.settings import SchedulerConfig
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+class Ticket:
+    """One submitted request: iterate it for text pieces, or block on :meth:`result`."""
+
+    def __init__(self, request: GenerationRequest, withdraw: Callable[[Ticket], None]) -> None:
+        self.request = request
+        self.submitted_at = time.perf_counter()
+        self.started_at: float | None = None
+        self.first_token_at: float | None = None
+        self.finished_at: float | None = None
+        self._pieces: queue.Queue = queue.Queue()
+        self._finished = threading.Event()
+        self._cancelled = threading.Event()
+        self._generation: Generation | None = None
+        self._error: BaseException | None = None
+        self._withdraw = withdraw
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop this request: a waiting one leaves the queue now, a running one leaves the batch before the next step."""
+        self._cancelled.set()
+        self._withdraw(self)
+
+    def __iter__(self) -> Iterator[str]:
+        while (piece := self._pieces.get()) is not _END:
+            yield piece
+        if self._error is not None:
+            raise self._error
+
+    def result(self, timeout: float | None = None) -> Generation:
+        """The finished generation (``finish_reason="cancelled"`` after :meth:`cancel`); re-raises a failure."""
+        if not self._finished.wait(timeout):
+            raise TimeoutError("the generation did not finish in time")
+        if self._error is not None:
+            raise self._error
+        return self._generation
+
+    # Called by the scheduler's worker thread.
+
+    def _text(self, piece: str) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self._pieces.put(piece)
+        if self.request.on_text is not None:
+            try:
+                self.request.on_text(piece)
+            except Exception:  # a caller that cannot take text any more (closed connection) stops its row
+                log.debug("on_text failed; cancelling the request", exc_info=True)
+                self.cancel()
+
+    def _finish(self, generation: Generation | None = None, error: BaseException | None = None) -> None:
+        self._generation, self._error = generation, error
+        self.finished_at = time.perf_counter()
+        self._pieces.put(_END)
+        self._finished.set()
+
+
+class Scheduler:
+    """A bounded queue in front of one worker thread that decodes everything in a continuous batch."""
+
+    def __init__(self, engine, config: SchedulerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self._waiting: deque[tuple[Ticket, DecodeRow]] = deque()
+        self._running: dict[DecodeRow, Ticket] = {}
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._seconds_per_request = 0.0  # moving average of admission-to-finish time, for Retry-After
+        self.steps = 0
+
+    # ---- lifecycle
+
+    def start(self) -> Scheduler:
+        with self._wake:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(target=self._work, name="scheduler", daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish the current step, cancel running rows, refuse waiting requests, and end the worker."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # ---- callers
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def submit(self, request: GenerationRequest) -> Ticket:
+        """Queue a request; raises BusyError when the queue is full, or a request error before queueing."""
+        ticket = Ticket(request, self._withdraw)
+        row = self.engine.prepare(replace(request, on_text=ticket._text))  # a bad request fails here, in the caller's thread
+        with self._wake:
+            if self._stopping or self._thread is None:
+                raise BusyError("the generation scheduler is not running", retry_after=5.0)
+            if len(self._waiting) >= self.config.max_queue:
+                raise BusyError(
+                    f"the server is busy: {len(self._waiting)} requests are waiting; retry later",
+                    retry_after=self._retry_after(),
+                )
+            self._waiting.append((ticket, row))
+            self._wake.notify()
+        return ticket
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        """Submit and wait; the batched counterpart of ``Engine.generate_batch([request])[0]``."""
+        return self.submit(request).result()
+
+    def _withdraw(self, ticket: Ticket) -> None:
+        """A cancelled ticket frees its place in the queue at once (a running one is retired by the worker)."""
+        with self._wake:
+            entry = next((e for e in self._waiting if e[0] is ticket), None)
+            if entry is None:
+                return
+            self._waiting.remove(entry)
+        entry[1].cancel()
+        ticket._finish(entry[1].result())
+
+    def _retry_after(self) -> float:
+        """Seconds until the queue has likely moved by its own length."""
+        rounds = len(self._waiting) / self._capacity()
+        return max(1.0, math.ceil(rounds * self._seconds_per_request))
+
+    def _capacity(self) -> int:
+        return self.config.max_batch_size if self.config.batching else 1
+
+    # ---- the worker
+
+    def _work(self) -> None:
+        batch = Batch(self.engine)
+        while True:
+            with self._wake:
+                while not self._stopping and not self._waiting and not batch:
+                    self._wake.wait()
+                if self._stopping:
+                    break
+            for row, ticket in self._running.items():
+                if ticket.cancelled:
+                    row.cancel()
+            self._finish(batch.retire())
+            admitted = self._admit(batch)
+            try:
+                with self.engine.lock:
+                    if admitted:
+                        self._finish(batch.admit(admitted))
+                    if batch:
+                        self._finish(batch.step())
+                        self.steps += 1
+            except Exception as exc:  # one failed pass fails its rows, never the worker
+                log.exception("a decoding step failed; failing the %d rows in it", len(self._running))
+                batch.abandon()
+                for row in list(self._running):
+                    self._running.pop(row)._finish(error=exc)
+        self._shutdown(batch)
+
+    def _admit(self, batch: Batch) -> list[DecodeRow]:
+        """Waiting requests that join the batch at this step, oldest first; their adapters are made resident."""
+        room = self._capacity() - len(batch)
+        admitted: list[DecodeRow] = []
+        while room > 0:
+            with self._wake:
+                if not self._waiting:
+                    break
+                ticket, row = self._waiting[0]
+                adapters = {r.request.adapter for r in admitted} | {row.request.adapter}
+                if not self.engine.has_room({a for a in adapters if a is not None}):
+                    break  # strictly in order: it joins when running rows release their adapters
+                self._waiting.popleft()
+            try:
+                self.engine.activate([row.request.adapter])  # reload an evicted adapter now, one request at a time
+            except SwitchboardError as exc:
+                ticket._finish(error=exc)
+                continue
+            ticket.started_at = time.perf_counter()
+            self._running[row] = ticket
+            admitted.append(row)
+            room -= 1
+        return admitted
+
+    def _finish(self, rows: list[DecodeRow]) -> None:
+        for row in rows:
+            ticket = self._running.pop(row)
+            took = time.perf_counter() - ticket.started_at
+            average = self._seconds_per_request
+            self._seconds_per_request = took if not average else 0.8 * average + 0.2 * took
+            ticket._finish(row.result())
+
+    def _shutdown(self, batch: Batch) -> None:
+        self._finish(batch.abandon())
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+        for ticket, _ in waiting:
+            ticket._finish(error=BusyError("the server is shutting down", retry_after=5.0))

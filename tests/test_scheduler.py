@@ -1,0 +1,230 @@
+"""The scheduler: continuous batching across adapters, per-caller streams, cancellation, back-pressure, residency."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from bot.decoding import GenerationRequest
+from bot.errors import BusyError, InvalidRequestError
+from bot.scheduler import Scheduler
+from bot.settings import SchedulerConfig
+
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Give me one tip for a long hike."}],
+    [{"role": "user", "content": "How do I return a tent I bought online?"}],
+    [{"role": "user", "content": "Name a colour of the rainbow."}],
+]
+
+
+@pytest.fixture(scope="module")
+def adapters(engine, make_random_adapter):
+    """Three resident random LoRAs; unloaded after the module so the session engine stays clean."""
+    folders = {f"sched_{name}__v1": make_random_adapter(seed=seed) for name, seed in (("a", 40), ("b", 41), ("c", 42))}
+    for key, folder in folders.items():
+        engine.load_adapter(key, folder)
+    yield list(folders)
+    for key in folders:
+        engine.unload_adapter(key)
+
+
+@pytest.fixture
+def make_scheduler(engine):
+    started: list[Scheduler] = []
+
+    def make(**config) -> Scheduler:
+        scheduler = Scheduler(engine, SchedulerConfig(**config)).start()
+        started.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in started:
+        scheduler.stop()
+
+
+# This CPU's 4-bit kernels round activations to bfloat16, so a row's logits move by up to ~0.1 with the
+# shape of its batch (measured: solo vs batched decoding of the same text). Two candidates closer than this
+# are a rounding tie that either order may break; a wrong adapter, position or cache row is off by far more.
+TIE = 0.3
+
+
+def assert_greedy(engine, messages, adapter, generation, penalty: float) -> None:
+    """Every token of ``generation`` is the greedy choice (up to a rounding tie) of one solo pass over its text."""
+    prompt = engine.render(messages)
+    ids = torch.tensor([prompt + list(generation.token_ids)])
+    mask = torch.ones_like(ids)
+    with torch.inference_mode(), engine.lock:
+        from transformers import DynamicCache
+
+        engine.activate([adapter])  # it may have been evicted since
+        logits = engine.forward(ids, mask, mask.cumsum(-1) - 1, DynamicCache(), [adapter], logits_to_keep=0).logits[0]
+    for step, token in enumerate(generation.token_ids):
+        scores = logits[len(prompt) - 1 + step].float()
+        seen = ids[0, : len(prompt) + step]
+        seen_scores = scores.gather(0, seen)
+        scores = scores.scatter(0, seen, torch.where(seen_scores < 0, seen_scores * penalty, seen_scores / penalty))
+        gap = float(scores.max() - scores[token])
+        assert gap < TIE, f"token {step} scored {gap:.3f} below the best alone: not a rounding tie"
+
+
+def options(engine, tokens: int, **overrides):
+    return engine.default_options(max_new_tokens=tokens, repetition_penalty=1.2, **overrides)
+
+
+def first_piece(ticket) -> str:
+    """Block until the request is decoding (its first text arrived)."""
+    return next(iter(ticket))
+
+
+def test_rows_joining_and_leaving_a_running_batch_match_their_solo_output(engine, adapters, make_scheduler):
+    scheduler = make_scheduler(max_batch_size=4)
+    jobs = [
+        (PROMPTS[0], adapters[0], options(engine, 24)),
+        (PROMPTS[1], None, options(engine, 6)),
+        (PROMPTS[2], adapters[1], options(engine, 14)),
+        (PROMPTS[3], adapters[0], options(engine, 10, stop=["."])),
+    ]
+    solo = [engine.generate(prompt, adapter, opts) for prompt, adapter, opts in jobs]
+
+    first = scheduler.submit(GenerationRequest(*jobs[0]))
+    pieces = [[first_piece(first)]]  # the long row is decoding: the others join its batch, then leave before it
+    later = [scheduler.submit(GenerationRequest(*job)) for job in jobs[1:]]
+    tickets = [first, *later]
+    for ticket in later:
+        pieces.append(list(ticket))
+    pieces[0].extend(first)
+    results = [t.result() for t in tickets]
+
+    for (prompt, adapter, opts), result in zip(jobs, results):
+        assert_greedy(engine, prompt, adapter, result, opts.repetition_penalty)
+    assert sum(r.token_ids == g.token_ids for r, g in zip(results, solo)) >= 2  # most rows match exactly
+    assert ["".join(p).strip() for p in pieces] == [r.text for r in results]  # each stream is its own text
+    assert results[1].completion_tokens == 6 and results[1].finish_reason == "length"
+    assert "." not in results[3].text
+    assert all(t.started_at < first.finished_at for t in later)  # they ran in the same batch as the first
+    assert first.first_token_at < min(t.started_at for t in later)
+
+
+def test_per_row_options_in_one_batch(engine, make_scheduler):
+    scheduler = make_scheduler(max_batch_size=6)
+    sampled = options(engine, 10, temperature=1.0, top_p=0.9, seed=7)
+    requests = [
+        GenerationRequest(PROMPTS[3], None, sampled),
+        GenerationRequest(PROMPTS[3], None, sampled),  # same seed: if rows shared a generator these would differ
+        *(GenerationRequest(PROMPTS[3], None, sampled.model_copy(update={"seed": s})) for s in (8, 9, 10)),
+        GenerationRequest(PROMPTS[0], None, options(engine, 3)),
+    ]
+    results = [t.result() for t in [scheduler.submit(r) for r in requests]]
+    assert results[0].text == results[1].text
+    assert len({r.text for r in results[:5]}) > 1
+    assert results[5].completion_tokens == 3 and results[5].finish_reason == "length"
+
+
+def test_cancel_frees_the_row_for_a_waiting_request(engine, make_scheduler):
+    scheduler = make_scheduler(max_batch_size=2)
+    long = options(engine, 40, ignore_eos=True)
+    doomed = scheduler.submit(GenerationRequest(PROMPTS[0], None, long))
+    other = scheduler.submit(GenerationRequest(PROMPTS[1], None, long))
+    first_piece(doomed)
+    first_piece(other)
+    waiting = scheduler.submit(GenerationRequest(PROMPTS[2], None, options(engine, 4)))
+    withdrawn = scheduler.submit(GenerationRequest(PROMPTS[3], None, options(engine, 4)))
+    assert scheduler.queued == 2  # the batch is full
+
+    withdrawn.cancel()
+    assert withdrawn.result(timeout=5).finish_reason == "cancelled" and scheduler.queued == 1
+    doomed.cancel()
+    cancelled = doomed.result(timeout=60)
+    assert cancelled.finish_reason == "cancelled" and cancelled.completion_tokens < 40
+    assert waiting.result(timeout=60).completion_tokens == 4
+    assert other.result(timeout=120).completion_tokens == 40
+    assert waiting.finished_at < other.finished_at  # it took the cancelled row's place, not the end of the batch
+    assert scheduler.running == 0
+
+
+def test_a_full_queue_answers_busy_with_retry_after(engine, make_scheduler):
+    scheduler = make_scheduler(max_batch_size=1, max_queue=2)
+    long = options(engine, 60, ignore_eos=True)
+    running = scheduler.submit(GenerationRequest(PROMPTS[0], None, long))
+    first_piece(running)
+    queued = [scheduler.submit(GenerationRequest(PROMPTS[1], None, long)) for _ in range(2)]
+    with pytest.raises(BusyError) as refused:
+        scheduler.submit(GenerationRequest(PROMPTS[2], None, long))
+    assert refused.value.status_code == 503 and refused.value.retry_after >= 1
+    for ticket in [running, *queued]:
+        ticket.cancel()
+    assert all(t.result(timeout=60).finish_reason == "cancelled" for t in [running, *queued])
+    scheduler.stop()
+    with pytest.raises(BusyError):
+        scheduler.submit(GenerationRequest(PROMPTS[2], None, long))
+
+
+def test_bad_requests_fail_in_the_callers_thread(engine, make_scheduler):
+    scheduler = make_scheduler()
+    with pytest.raises(InvalidRequestError, match="not loaded"):
+        scheduler.submit(GenerationRequest(PROMPTS[0], "never_loaded__v1", options(engine, 4)))
+    huge = [{"role": "user", "content": "word " * (engine.context_window + 10)}]
+    with pytest.raises(InvalidRequestError, match="context window"):
+        scheduler.submit(GenerationRequest(huge, None, options(engine, 4)))
+    assert scheduler.queued == 0
+
+
+def test_lru_residency_limit_holds_and_evicted_adapters_reload(engine, adapters, make_scheduler):
+    opts = options(engine, 6)
+    jobs = [(PROMPTS[i], adapters[i % 3]) for i in range(4)]
+    limit = engine.settings.max_resident_adapters
+    engine.settings.max_resident_adapters = 2
+    try:
+        engine.activate([adapters[0], adapters[1]])  # evicts the third
+        assert adapters[2] not in engine.resident_adapters
+        loads = len(engine.adapter_load_seconds)
+        resident_seen: list[int] = []
+
+        def watch(_: str) -> None:  # called by the worker whenever a row streams text
+            resident_seen.append(len(engine.resident_adapters))
+
+        scheduler = make_scheduler(max_batch_size=4)
+        tickets = [scheduler.submit(GenerationRequest(prompt, adapter, opts, on_text=watch)) for prompt, adapter in jobs]
+        results = [t.result(timeout=120) for t in tickets]  # before any reference pass loads an adapter itself
+        assert len(engine.adapter_load_seconds) > loads  # the evicted adapter was reloaded on demand
+        assert resident_seen and max(resident_seen) <= 2
+        assert len(engine.resident_adapters) <= 2
+        for (prompt, adapter), result in zip(jobs, results):
+            assert_greedy(engine, prompt, adapter, result, opts.repetition_penalty)
+    finally:
+        engine.settings.max_resident_adapters = limit
+        engine.activate(adapters)
+
+
+def test_batching_off_runs_one_request_at_a_time(engine, make_scheduler):
+    scheduler = make_scheduler(batching=False)
+    tickets = [scheduler.submit(GenerationRequest(p, None, options(engine, 4))) for p in PROMPTS[:3]]
+    for ticket in tickets:
+        ticket.result(timeout=60)
+    spans = sorted((t.started_at, t.finished_at) for t in tickets)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+
+
+def test_callers_in_many_threads(engine, adapters, make_scheduler):
+    """Concurrent callers (as the HTTP server's threads are) each get their own answer."""
+    scheduler = make_scheduler(max_batch_size=8)
+    opts = options(engine, 8)
+    jobs = [(PROMPTS[i % 4], [None, *adapters][i % 4]) for i in range(8)]
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        prompt, adapter = jobs[i]
+        results[i] = scheduler.generate(GenerationRequest(prompt, adapter, opts))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(results) == len(jobs)
+    for i, (prompt, adapter) in enumerate(jobs):
+        assert_greedy(engine, prompt, adapter, results[i], opts.repetition_penalty)
+    assert len({results[i].text for i in range(4)}) == 4
