@@ -4,8 +4,8 @@ The pipeline is split in two so the edges can answer errors properly:
 :meth:`Pipeline.prepare` does everything that can reject a request (unknown
 adapter, empty message, a message over the context window) before a single
 byte is streamed, and :meth:`Pipeline.complete` generates and logs. Every
-generation goes through :meth:`Pipeline._generate`, the one place to switch
-to the batching scheduler.
+generation goes through :meth:`Pipeline._generate`, the one place that hands
+it to the batching scheduler.
 
 When the answering adapter has knowledge collections and retrieval finds
 nothing relevant, the reply is the adapter's own ``no_answer`` text (support
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from adapters.manifest import Manifest
 from bot.conversations import MAX_ID_CHARS
-from bot.decoding import Generation
+from bot.decoding import Generation, GenerationRequest
 from bot.errors import InvalidRequestError
 from bot.prompt import build_messages
 from bot.router import Route
@@ -258,9 +258,10 @@ class Pipeline:
         return TurnStream(self, turn)
 
     def _generate(self, turn: PreparedTurn, on_text: TextCallback) -> Generation:
-        """The one generation call of serving: switch this to the scheduler to batch chats."""
-        engine = self.runtime.engine
-        return engine.generate(turn.messages, engine.ensure(turn.manifest), turn.options, on_text=on_text)
+        """The one generation call of serving: the scheduler batches it with every other caller's."""
+        runtime = self.runtime
+        request = GenerationRequest(turn.messages, runtime.engine.ensure(turn.manifest), turn.options, on_text)
+        return runtime.scheduler.submit(request).result()
 
     # ---- stages
 
