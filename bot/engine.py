@@ -1,11 +1,12 @@
 """One base model, many LoRA adapters, batched generation.
 
-The base loads once. Adapters are loaded into one PEFT wrapper under keys
-``NAME__vN`` (so a new version never reuses stale weights) and chosen per row
-with PEFT's ``adapter_names``: there is no global "active adapter" that one
+The base loads once. Adapters are loaded into slots of the base's linear
+layers (:mod:`bot.lora`) under keys ``NAME__vN`` (so a new version never reuses
+stale weights) and chosen per row: there is no global "active adapter" that one
 caller could switch under another. At most ``max_resident_adapters`` stay
-loaded; the least recently used are unloaded and reloaded from their folder
-on demand. Adapters of rows being decoded are held and never evicted.
+loaded; the least recently used are unloaded (their slot is reused) and
+reloaded from their folder on demand. Adapters of rows being decoded are held
+and never evicted.
 Decoding goes through :class:`bot.batch.Batch`, the same running batch the
 scheduler (:mod:`bot.scheduler`) feeds continuously.
 """
@@ -27,12 +28,11 @@ from bot.base_model import LoadedBase, fingerprint_of, load_base
 from bot.batch import Batch
 from bot.decoding import DecodeRow, Generation, GenerationRequest
 from bot.errors import InvalidAdapterError, InvalidRequestError
+from bot.lora import AdapterSlots
 from bot.sampling import GenerationOptions
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
-
-BASE_ROW = "__base__"
 
 
 class Engine:
@@ -44,7 +44,7 @@ class Engine:
         self.device = self.base.device
         self.fingerprint: BaseFingerprint = fingerprint_of(self.base.model, settings.base_model)
         self.context_window = int(getattr(self.base.model.config, "max_position_embeddings", 2048))
-        self._peft = None
+        self._slots = AdapterSlots(self.base.model)
         self._resident: OrderedDict[str, Path] = OrderedDict()
         self._folders: dict[str, Path] = {}  # every key that may be (re)loaded: resident or evicted
         self._held: Counter[str] = Counter()  # keys in use by rows being decoded
@@ -68,8 +68,8 @@ class Engine:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The PEFT wrapper while any adapter is resident; else the base, whose emptied LoRA layers pass through."""
-        return self._peft if self._peft is not None and self._resident else self.base.model
+        """The base model; its adapted linear layers hold every resident adapter's factors in slots."""
+        return self.base.model
 
     @property
     def resident_adapters(self) -> list[str]:
@@ -84,29 +84,21 @@ class Engine:
     # Adapters -----------------------------------------------------------------------------------
 
     def load_adapter(self, key: str, path: Path) -> None:
-        """Load a PEFT folder under ``key``; loading a key that is resident only marks it recently used."""
-        from peft import PeftModel
-
-        # Never as inference tensors (a decoding step may ask for a reload): PEFT later toggles requires_grad.
-        with self.lock, torch.inference_mode(False):
+        """Load a PEFT LoRA folder under ``key``; loading a key that is resident only marks it recently used."""
+        # Normal tensors even when a decoding step asks for the reload: slot tensors outlive inference mode.
+        with self.lock, torch.inference_mode(False), torch.no_grad():
             self._folders[key] = Path(path)
             if key in self._resident:
                 self._resident.move_to_end(key)
                 return
             started = time.perf_counter()
+            self._evict(keep=set(), limit=self.settings.max_resident_adapters - 1)  # its slot is reused
             try:
-                if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(self.base.model, str(path), adapter_name=key, is_trainable=False)
-                    self._peft.eval()
-                else:
-                    self._peft.load_adapter(str(path), adapter_name=key, is_trainable=False)
-                    if self._peft.active_adapter not in self._peft.peft_config:
-                        self._peft.set_adapter(key, inference_mode=True)  # the old active one was unloaded
+                self._slots.load(key, Path(path))
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
                 raise InvalidAdapterError(f"adapter {key} at {path} could not be loaded: {exc}") from exc
             self._resident[key] = Path(path)
             self.adapter_load_seconds.append(time.perf_counter() - started)
-            self._evict(keep={key})
 
     def unload_adapter(self, key: str) -> None:
         """Forget an adapter; while rows still decode with it, it is dropped when the last one finishes."""
@@ -118,10 +110,11 @@ class Engine:
     def _drop(self, key: str) -> None:
         if key in self._resident:
             del self._resident[key]
-            self._peft.delete_adapter(key)
+            self._slots.unload(key)
 
-    def _evict(self, keep: set[str]) -> None:
-        while len(self._resident) > self.settings.max_resident_adapters:
+    def _evict(self, keep: set[str], limit: int | None = None) -> None:
+        limit = self.settings.max_resident_adapters if limit is None else limit
+        while len(self._resident) > limit:
             victim = next((k for k in self._resident if k not in keep and not self._held[k]), None)
             if victim is None:
                 return
@@ -193,11 +186,8 @@ class Engine:
     def forward(
         self, input_ids, attention_mask, position_ids, cache, adapters: list[str | None], logits_to_keep: int = 1
     ):
-        """One forward pass in which each row uses its own adapter; logits of the last ``logits_to_keep`` positions (0: all)."""
-        kwargs = {}
-        with self.lock:  # PEFT passes adapter_names through hooks on shared modules: one pass at a time
-            if self.model is self._peft:
-                kwargs["adapter_names"] = [a or BASE_ROW for a in adapters]
+        """One pass in which each row uses its own adapter; logits of the last ``logits_to_keep`` positions (0: all)."""
+        with self.lock, self._slots.assign(adapters):  # the slot assignment is shared by all layers: one pass at a time
             return self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -205,7 +195,6 @@ class Engine:
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
-                **kwargs,
             )
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:

@@ -5,8 +5,8 @@ Every request from any caller (HTTP API, UI, CLI) is submitted here and gets a
 admits waiting requests into the running :class:`bot.batch.Batch` (their prompts
 are prefilled together and join the next step) and retires rows that finished or
 were cancelled, so one long answer holds the others back by one step at most.
-Each forward pass carries rows for different adapters (PEFT mixed-adapter
-batches); each row keeps its own stream, token budget, stop strings, temperature
+Each forward pass carries rows for different adapters (:mod:`bot.lora`); each
+row keeps its own stream, token budget, stop strings, temperature
 and seed.
 
 The waiting line is bounded: past ``max_queue`` waiting requests ``submit``
@@ -62,7 +62,7 @@ class Ticket:
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
-        """Stop this request: a waiting one leaves the queue now, a running one leaves the batch before the next step."""
+        """Stop this request: a waiting one leaves the queue now, a running one the batch before the next step."""
         self._cancelled.set()
         self._withdraw(self)
 
@@ -146,7 +146,8 @@ class Scheduler:
     def submit(self, request: GenerationRequest) -> Ticket:
         """Queue a request; raises BusyError when the queue is full, or a request error before queueing."""
         ticket = Ticket(request, self._withdraw)
-        row = self.engine.prepare(replace(request, on_text=ticket._text))  # a bad request fails here, in the caller's thread
+        # A bad request fails here, in the caller's thread, before it takes a place in the queue.
+        row = self.engine.prepare(replace(request, on_text=ticket._text))
         with self._wake:
             if self._stopping or self._thread is None:
                 raise BusyError("the generation scheduler is not running", retry_after=5.0)

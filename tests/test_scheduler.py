@@ -187,7 +187,7 @@ def test_lru_residency_limit_holds_and_evicted_adapters_reload(engine, adapters,
             resident_seen.append(len(engine.resident_adapters))
 
         scheduler = make_scheduler(max_batch_size=4)
-        tickets = [scheduler.submit(GenerationRequest(prompt, adapter, opts, on_text=watch)) for prompt, adapter in jobs]
+        tickets = [scheduler.submit(GenerationRequest(p, adapter, opts, on_text=watch)) for p, adapter in jobs]
         results = [t.result(timeout=120) for t in tickets]  # before any reference pass loads an adapter itself
         assert len(engine.adapter_load_seconds) > loads  # the evicted adapter was reloaded on demand
         assert resident_seen and max(resident_seen) <= 2

@@ -1,0 +1,231 @@
+"""Many LoRA adapters in one forward pass: resident adapters live in slots of stacked tensors.
+
+This is the serving side of a mixed-adapter batch (as in Punica and S-LoRA).
+Each adapted linear layer of the base is wrapped once by a :class:`SlotLinear`
+that holds the factors of every resident adapter: ``A`` of shape
+(slots, rank, in) and ``B`` of shape (slots, rank, out), the adapter's scaling
+folded into ``B`` and smaller ranks zero-padded. A pass computes, for all rows
+at once, ``x @ A`` over the slots the batch uses, keeps each row's own slot
+with a 0/1 mask shared by every layer, and adds the product with ``B``: two
+matrix products per layer however many adapters the batch mixes. (PEFT's
+``adapter_names`` path runs a gather and a product pair per adapter per layer,
+which on a CPU costs more than the 4-bit base itself.) Loading an adapter copies
+its tensors into a free slot; nothing is allocated per request.
+
+Served adapters are plain LoRA on linear layers, which is what
+``training.finetune`` produces; DoRA, LoRA on embeddings, trained biases and
+``modules_to_save`` are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bot.errors import InvalidAdapterError
+
+PEFT_PREFIX = "base_model.model."
+FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
+
+
+class SlotLinear(nn.Module):
+    """A base linear layer plus the LoRA factors of every slot; adds each row's own adapter update."""
+
+    def __init__(self, base_layer: nn.Module, owner: AdapterSlots) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.owner = owner
+        self.register_buffer("lora_A", torch.zeros(0, 0, self.in_features, dtype=owner.dtype, device=owner.device))
+        self.register_buffer("lora_B", torch.zeros(0, 0, self.out_features, dtype=owner.dtype, device=owner.device))
+        self._views()
+
+    def _views(self) -> None:
+        """All slots side by side: ``down`` is (in, slots*rank), ``up`` is (slots*rank, out); a pass slices columns."""
+        self.down = self.lora_A.view(-1, self.in_features).t()
+        self.up = self.lora_B.view(-1, self.out_features)
+
+    def resize(self, slots: int, rank: int) -> None:
+        """Grow the slot tensors, keeping what they hold."""
+        old_slots, old_rank = self.lora_A.shape[:2]
+        if (slots, rank) == (old_slots, old_rank):
+            return
+        lora_a = self.lora_A.new_zeros(slots, rank, self.in_features)
+        lora_b = self.lora_B.new_zeros(slots, rank, self.out_features)
+        lora_a[:old_slots, :old_rank] = self.lora_A
+        lora_b[:old_slots, :old_rank] = self.lora_B
+        self.lora_A, self.lora_B = lora_a, lora_b
+        self._views()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        assignment = self.owner.assignment
+        if assignment is None:
+            return out
+        low, high = assignment.columns
+        down = torch.mm(x.reshape(-1, self.in_features).to(self.down.dtype), self.down[:, low:high])
+        down.mul_(assignment.mask_for(down.shape[0]))
+        out = out.contiguous()
+        out.view(-1, self.out_features).addmm_(down.to(out.dtype), self.up[low:high].to(out.dtype))
+        return out
+
+
+class SlotAssignment:
+    """Which slot each row of one forward pass uses, as the slot span and the 0/1 mask the layers apply."""
+
+    def __init__(self, slots: list[int | None], rank: int, device: torch.device, dtype: torch.dtype) -> None:
+        used = [s for s in slots if s is not None]
+        first, last = min(used), max(used)
+        self.columns = (first * rank, (last + 1) * rank)  # only the slots from the first to the last one used
+        mask = torch.zeros(len(slots), self.columns[1] - self.columns[0], dtype=dtype)
+        for row, slot in enumerate(slots):
+            if slot is not None:
+                start = (slot - first) * rank
+                mask[row, start : start + rank] = 1
+        self.mask = mask.to(device)
+        self._expanded: dict[int, torch.Tensor] = {}
+
+    def mask_for(self, rows: int) -> torch.Tensor:
+        """The mask for ``rows`` flattened (row, position) pairs: each row's mask repeated over its positions."""
+        if rows not in self._expanded:
+            self._expanded[rows] = self.mask.repeat_interleave(rows // self.mask.shape[0], dim=0)
+        return self._expanded[rows]
+
+
+class AdapterSlots:
+    """The adapters resident in one base model, by slot, and the slot assignment of the pass in progress."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        embeddings = model.get_input_embeddings().weight
+        self.dtype = embeddings.dtype if embeddings.is_floating_point() else torch.float32
+        self.device = embeddings.device
+        self.layers: dict[str, SlotLinear] = {}
+        self.slots: dict[str, int] = {}  # adapter key -> slot
+        self.capacity = 0
+        self.rank = 0
+        self.assignment: SlotAssignment | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.slots)
+
+    def load(self, key: str, folder: Path) -> None:
+        """Copy an adapter's factors into a free slot (growing the slot tensors if none is free)."""
+        config, factors = read_adapter(Path(folder))
+        modules = {module for module, _ in factors}
+        layers = {module: self._layer(module) for module in sorted(modules)}
+        rank = max(t.shape[0] for (_, factor), t in factors.items() if factor == "A")
+        slot = next((s for s in range(self.capacity) if s not in self.slots.values()), self.capacity)
+        self._resize(max(self.capacity, slot + 1), max(self.rank, rank))
+        self._clear(slot)
+        for module, layer in layers.items():
+            lora_a, lora_b = factors[(module, "A")], factors[(module, "B")]
+            r = lora_a.shape[0]
+            if lora_a.shape != (r, layer.in_features) or lora_b.shape != (layer.out_features, r):
+                raise InvalidAdapterError(
+                    f"{folder}: LoRA factors of {module} have shapes {list(lora_a.shape)} and {list(lora_b.shape)}, "
+                    f"which do not fit its {layer.in_features}->{layer.out_features} layer"
+                )
+            layer.lora_A[slot, :r] = lora_a.to(layer.lora_A)
+            layer.lora_B[slot, :r] = (lora_b.t() * scaling(config, module, r)).to(layer.lora_B)
+        self.slots[key] = slot
+
+    def unload(self, key: str) -> None:
+        slot = self.slots.pop(key, None)
+        if slot is not None:
+            self._clear(slot)
+
+    @contextmanager
+    def assign(self, adapters: list[str | None]):
+        """Within this block, forward passes give row ``i`` the adapter ``adapters[i]`` (None: the base alone)."""
+        slots = [None if a is None else self.slots[a] for a in adapters]
+        used = any(s is not None for s in slots)
+        self.assignment = SlotAssignment(slots, self.rank, self.device, self.dtype) if used else None
+        try:
+            yield
+        finally:
+            self.assignment = None
+
+    def _layer(self, module: str) -> SlotLinear:
+        """The slot layer wrapping ``module`` of the base, wrapping it on first use."""
+        if module in self.layers:
+            return self.layers[module]
+        parent_name, _, child_name = module.rpartition(".")
+        try:
+            parent = self.model.get_submodule(parent_name)
+            base_layer = getattr(parent, child_name)
+        except AttributeError:
+            raise InvalidAdapterError(f"the adapter targets {module}, which the base model does not have") from None
+        if not all(hasattr(base_layer, f) for f in ("in_features", "out_features")):
+            raise InvalidAdapterError(f"the adapter targets {module}, which is not a linear layer")
+        layer = SlotLinear(base_layer, self)
+        layer.resize(self.capacity, self.rank)
+        setattr(parent, child_name, layer)
+        self.layers[module] = layer
+        return layer
+
+    def _resize(self, capacity: int, rank: int) -> None:
+        if (capacity, rank) == (self.capacity, self.rank):
+            return
+        for layer in self.layers.values():
+            layer.resize(capacity, rank)
+        self.capacity, self.rank = capacity, rank
+
+    def _clear(self, slot: int) -> None:
+        """Zero a slot in every layer: an adapter must not inherit another's factors in layers it does not target."""
+        for layer in self.layers.values():
+            layer.lora_A[slot].zero_()
+            layer.lora_B[slot].zero_()
+
+
+def scaling(config: dict, module: str, rank: int) -> float:
+    """PEFT's scaling of one module: alpha (or its alpha_pattern entry) over the rank, or its square root (rsLoRA)."""
+    alpha = config.get("lora_alpha", 8)
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            alpha = value
+            break
+    return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def read_adapter(folder: Path) -> tuple[dict, dict[tuple[str, str], torch.Tensor]]:
+    """A PEFT LoRA folder's config and its factors by (module, "A" | "B"); refuses what serving cannot apply."""
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / "adapter_model.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise InvalidAdapterError(f"{folder}: not a readable PEFT LoRA folder ({exc})") from exc
+    unsupported = [
+        name
+        for name, present in (
+            ("DoRA", config.get("use_dora")),
+            ("trained biases", config.get("bias", "none") != "none"),
+            ("modules_to_save", config.get("modules_to_save")),
+            ("fan_in_fan_out layers", config.get("fan_in_fan_out")),
+        )
+        if present
+    ]
+    if unsupported:
+        raise InvalidAdapterError(
+            f"{folder}: serving applies plain LoRA on linear layers; {unsupported[0]} is not supported"
+        )
+    factors: dict[tuple[str, str], torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        match = FACTOR.match(name.removeprefix(PEFT_PREFIX))
+        if match is None:
+            raise InvalidAdapterError(f"{folder}: tensor {name} is not a LoRA factor of a linear layer (not supported)")
+        factors[(match["module"], match["factor"])] = tensor
+    unpaired = sorted(module for module, factor in factors if (module, "B" if factor == "A" else "A") not in factors)
+    if unpaired or not factors:
+        raise InvalidAdapterError(f"{folder}: LoRA factors come in A/B pairs; {unpaired[:1] or 'none'} lacks its pair")
+    return config, factors

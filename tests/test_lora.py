@@ -1,0 +1,95 @@
+"""Slot LoRA (bot.lora): the serving path must compute exactly what PEFT computes, per row."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from bot.errors import InvalidAdapterError
+from bot.lora import AdapterSlots
+from training.random_adapter import make_random_adapter
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A two-layer Llama in full precision: PEFT and the slots see identical weights and no 4-bit rounding."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def folders(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-loras")
+    return {
+        "wide": make_random_adapter(tiny.config, root / "wide", seed=1, rank=4, targets=ALL_PROJECTIONS),
+        "narrow": make_random_adapter(tiny.config, root / "narrow", seed=2, rank=8, targets=("q_proj", "v_proj")),
+        "other": make_random_adapter(tiny.config, root / "other", seed=3, rank=2, targets=("v_proj",)),
+    }
+
+
+def logits(model, ids, **kwargs) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=ids, **kwargs).logits
+
+
+def test_mixed_rows_match_peft(tiny, folders):
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(copy.deepcopy(tiny), str(folders["wide"]), adapter_name="wide")
+    peft.load_adapter(str(folders["narrow"]), adapter_name="narrow")
+    peft.eval()
+    model = copy.deepcopy(tiny)
+    slots = AdapterSlots(model)
+    with torch.no_grad():
+        slots.load("wide", folders["wide"])
+        slots.load("narrow", folders["narrow"])
+    ids = torch.randint(0, 96, (4, 9))
+    rows = ["narrow", None, "wide", "narrow"]
+    expected = logits(peft, ids, adapter_names=[r or "__base__" for r in rows])
+    with slots.assign(rows):
+        got = logits(model, ids)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(expected[0], expected[2], atol=1e-2)  # the adapters really differ
+    assert torch.equal(logits(model, ids), logits(tiny, ids))  # outside an assignment: the base, exactly
+
+
+def test_a_reused_slot_keeps_nothing_of_its_last_adapter(tiny, folders):
+    model = copy.deepcopy(tiny)
+    slots = AdapterSlots(model)
+    fresh = AdapterSlots(copy.deepcopy(tiny))
+    with torch.no_grad():
+        slots.load("wide", folders["wide"])
+        slots.unload("wide")
+        slots.load("other", folders["other"])  # takes the freed slot; targets v_proj only
+        fresh.load("other", folders["other"])
+    assert slots.slots["other"] == 0 and slots.capacity == 1
+    ids = torch.randint(0, 96, (2, 5))
+    with slots.assign(["other", None]):
+        got = logits(model, ids)
+    with fresh.assign(["other", None]):
+        expected = logits(fresh.model, ids)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_unsupported_adapters_are_refused_clearly(tiny, folders, tmp_path):
+    import shutil
+
+    dora = tmp_path / "dora"
+    shutil.copytree(folders["other"], dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    slots = AdapterSlots(copy.deepcopy(tiny))
+    with pytest.raises(InvalidAdapterError, match="DoRA is not supported"):
+        slots.load("dora", dora)
+    assert slots.keys == []
