@@ -86,7 +86,7 @@ def test_an_adapter_trained_from_the_log_shows_the_style_far_more_than_the_base(
     assert report["gate"]["passed"] and not report["gate"]["forced"] and report["gate"]["compared_with"] == "base"
     held_out = report["evaluation"]["held_out"]
     assert held_out["candidate"]["loss"] < held_out["base"]["loss"]
-    assert abs(report["evaluation"]["regression"]["rise"]) <= runtime.settings.training.regression_margin
+    assert report["evaluation"]["regression"]["rise"] <= runtime.settings.training.regression_margin  # the gate's rule: a fall is fine
     assert phases[0] == "dataset" and "training" in phases and "evaluating" in phases and phases[-1] == "done"
 
     manifest = runtime.registry.get("signoff")
