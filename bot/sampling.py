@@ -40,13 +40,9 @@ class RowSampler:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(options.seed if options.seed is not None else torch.seed())
 
-    def __call__(self, logits: torch.Tensor, seen: torch.Tensor) -> int:
-        """``logits`` is this row's (vocab,) scores; ``seen`` the ids of its prompt and output so far."""
-        logits = logits.float()
-        penalty = self.options.repetition_penalty
-        if penalty != 1.0 and seen.numel():
-            scores = logits.gather(0, seen)
-            logits = logits.scatter(0, seen, torch.where(scores < 0, scores * penalty, scores / penalty))
+    def __call__(self, logits: torch.Tensor, generated: torch.Tensor) -> int:
+        """``logits`` is this row's (vocab,) scores; ``generated`` the ids of its answer so far."""
+        logits = penalize_repeats(logits.float(), generated, self.options.repetition_penalty)
         if self.generator is None:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits / self.options.temperature, dim=-1)
@@ -57,3 +53,18 @@ class RowSampler:
             choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
             return int(order[choice])
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty on the ``seen`` ids, along the last axis.
+
+    Callers pass the tokens the answer has produced so far, not the prompt: the
+    penalty is there to stop a small model repeating itself, and applied to the
+    prompt it would push the answer away from quoting its sources, from the
+    format its system prompt names, and from the end-of-turn token that closes
+    every turn of a chat prompt (so the model would talk on to its limit).
+    """
+    if penalty == 1.0 or not seen.numel():
+        return logits
+    scores = logits.gather(-1, seen)
+    return logits.scatter(-1, seen, torch.where(scores < 0, scores * penalty, scores / penalty))

@@ -9,6 +9,7 @@ import torch
 
 from bot.decoding import GenerationRequest
 from bot.errors import InvalidRequestError
+from bot.sampling import penalize_repeats
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -63,9 +64,7 @@ def penalised_logits(engine, prompt, adapter, prefix, penalty):
         from transformers import DynamicCache
 
         logits = engine.forward(input_ids, mask, mask.cumsum(-1) - 1, DynamicCache(), [adapter]).logits[0, -1].float()
-    seen = torch.tensor(ids)
-    scores = logits.gather(0, seen)
-    return logits.scatter(0, seen, torch.where(scores < 0, scores * penalty, scores / penalty))
+    return penalize_repeats(logits, torch.tensor(list(prefix), dtype=torch.long), penalty)
 
 
 def test_mixed_batch_equals_each_row_alone(engine, two_adapters):
@@ -191,3 +190,13 @@ def test_trained_adapter_carries_its_style(engine, style_adapter):
     assert sum(marker in g.text for g in styled) >= len(prompts) - 1
     assert sum(marker in g.text for g in plain) == 0
     assert all(g.finish_reason == "stop" for g in styled)  # the trained end-of-turn token stops generation
+
+
+def test_the_repetition_penalty_counts_the_answer_not_the_prompt(engine):
+    """A penalty on prompt tokens would push answers away from quoting their sources and from stopping."""
+    quote = [{"role": "user", "content": "Repeat exactly: Backpacks are covered for 3 years."}]
+    plain = engine.generate(quote, None, engine.default_options(max_new_tokens=1, repetition_penalty=1.0))
+    penalised = engine.generate(quote, None, engine.default_options(max_new_tokens=1, repetition_penalty=3.0))
+    assert penalised.token_ids == plain.token_ids  # nothing generated yet: nothing to penalise
+    logits = torch.tensor([2.0, 1.0, -1.0])
+    assert penalize_repeats(logits, torch.tensor([0, 2]), 2.0).tolist() == [1.0, 1.0, -2.0]

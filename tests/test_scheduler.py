@@ -9,6 +9,7 @@ import torch
 
 from bot.decoding import GenerationRequest
 from bot.errors import BusyError, InvalidRequestError
+from bot.sampling import penalize_repeats
 from bot.scheduler import Scheduler
 from bot.settings import SchedulerConfig
 
@@ -63,9 +64,7 @@ def assert_greedy(engine, messages, adapter, generation, penalty: float) -> None
         logits = engine.forward(ids, mask, mask.cumsum(-1) - 1, DynamicCache(), [adapter], logits_to_keep=0).logits[0]
     for step, token in enumerate(generation.token_ids):
         scores = logits[len(prompt) - 1 + step].float()
-        seen = ids[0, : len(prompt) + step]
-        seen_scores = scores.gather(0, seen)
-        scores = scores.scatter(0, seen, torch.where(seen_scores < 0, seen_scores * penalty, seen_scores / penalty))
+        scores = penalize_repeats(scores, ids[0, len(prompt) : len(prompt) + step], penalty)
         gap = float(scores.max() - scores[token])
         assert gap < TIE, f"token {step} scored {gap:.3f} below the best alone: not a rounding tie"
 
@@ -117,7 +116,9 @@ def test_per_row_options_in_one_batch(engine, make_scheduler):
         *(GenerationRequest(PROMPTS[3], None, sampled.model_copy(update={"seed": s})) for s in (8, 9, 10)),
         GenerationRequest(PROMPTS[0], None, options(engine, 3)),
     ]
-    results = [t.result() for t in [scheduler.submit(r) for r in requests]]
+    with scheduler._wake:  # the worker admits nothing until all six wait, so they are prefilled as one group
+        tickets = [scheduler.submit(r) for r in requests]
+    results = [t.result() for t in tickets]
     assert results[0].text == results[1].text
     assert len({r.text for r in results[:5]}) > 1
     assert results[5].completion_tokens == 3 and results[5].finish_reason == "length"

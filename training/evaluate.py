@@ -182,8 +182,11 @@ def golden_chat(case: GoldenCase, system_prompt: str | None) -> Chat:
 def greedy_answers(
     model, tokenizer, prompts: Sequence[Chat], max_new_tokens: int = 48, repetition_penalty: float = 1.2, batch_size: int = 8
 ) -> list[str]:
-    """Greedy answers to chats, batched, with the model's own (served) chat template."""
+    """Greedy answers to chats, batched, with the model's own (served) chat template and the served penalty."""
     import torch
+    from transformers import LogitsProcessorList
+
+    from bot.sampling import penalize_repeats
 
     tokenizer.padding_side = "left"
     answers: list[str] = []
@@ -191,12 +194,14 @@ def greedy_answers(
         chunk = prompts[start : start + batch_size]
         texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chunk]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        width = batch["input_ids"].shape[1]
+        penalty = LogitsProcessorList([lambda ids, scores: penalize_repeats(scores, ids[:, width:], repetition_penalty)])
         with torch.no_grad():
             out = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                repetition_penalty=repetition_penalty,
+                logits_processor=penalty,
                 pad_token_id=tokenizer.pad_token_id,
             )
         answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
