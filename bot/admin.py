@@ -119,6 +119,13 @@ class Admin:
         self._unload(name)
         self.runtime.refresh_router()
 
+    def rollback_adapter(self, name: str) -> Manifest:
+        """Serve the previous version again, live: the engine drops the newer weights and the router its examples."""
+        manifest = self.runtime.registry.rollback(name)
+        self._unload(name, keep=manifest.key)
+        self.runtime.refresh_router()
+        return manifest
+
     def _unload(self, name: str, keep: str | None = None) -> None:
         if "engine" not in vars(self.runtime):  # nothing loaded in a process that never generated
             return

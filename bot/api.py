@@ -9,7 +9,6 @@ starts, so a rejected request gets a 4xx status rather than a broken stream.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import logging
@@ -448,19 +447,12 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         body = await read_json(request)
         if not isinstance(body, dict):
             raise InvalidRequestError("the training request must be a JSON object")
-        run_id = await run_in_threadpool(training_runs().start, body)  # training checks the fields
+        run_id = await run_in_threadpool(runtime.training_runs.start, body)  # training checks the fields
         return {"run_id": run_id, "status_url": f"/admin/train/{run_id}"}
 
     @app.get("/admin/train/{run_id}", dependencies=guarded)
     def training_status(run_id: str) -> dict[str, Any]:
-        return training_runs().status(run_id)
-
-    @functools.cache
-    def training_runs():
-        """One run manager for the server's life, built on first use (training imports are heavy)."""
-        from training.runs import RunManager
-
-        return RunManager(runtime)
+        return runtime.training_runs.status(run_id)
 
     if ui:
         import gradio as gr

@@ -78,6 +78,17 @@ class Runtime:
 
     # --- end chat product ---
 
+    @cached_property
+    def training_runs(self):
+        """The one manager of background training runs, shared by the admin API and the UI.
+
+        Sharing it is what makes "one run at a time" hold across both edges and
+        lets either look up, by its id, a run the other started.
+        """
+        from training.runs import RunManager
+
+        return RunManager(self)
+
     # --- router: routing examples of the enabled adapters, kept in step with the registry ---
 
     @cached_property

@@ -1,11 +1,13 @@
-"""The Gradio UI: a chat tab for agents and lawyers, knowledge and adapter tabs for operators.
+"""The Gradio UI: a chat tab for agents and lawyers, knowledge, adapter and training tabs for operators.
 
 Each answer is followed by a collapsed note naming the adapter that answered,
 its confidence and the numbered sources, so a reader can check every [n].
 The admin tabs call the same :class:`bot.admin.Admin` actions as the HTTP
 admin routes and ask for the admin token when one is configured; their
 handlers are private (not callable through the Gradio API), and check the
-token themselves anyway.
+token themselves anyway. The training tab holds no training code: it starts
+runs on the runtime's one :class:`training.runs.RunManager`, the same one the
+HTTP admin API uses, and only formats what training reports.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import functools
 import html
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from bot.admin import Admin, check_token, split_commas, split_lines
-from bot.errors import SwitchboardError
+from bot.errors import InvalidRequestError, SwitchboardError
 from bot.pipeline import TurnRequest, TurnResult
 
 if TYPE_CHECKING:
@@ -28,6 +31,14 @@ if TYPE_CHECKING:
 PRIVATE = {"api_visibility": "private"}
 SOURCE_PREVIEW_CHARS = 600
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~=$])")
+THIS_ADAPTER = "(this adapter)"  # not a valid adapter name, so it cannot shadow one
+POLL_SECONDS = 2.0
+ACTIVE_STATES = ("queued", "running")
+TRAIN_FIELDS = (
+    "adapter", "log_adapter", "rating", "include_corrections", "since", "until", "min_answer_chars", "include_sources",
+    "max_steps", "golden", "force",
+)  # the TrainRequest fields of the Training tab's controls, in their order
+VARIANTS = (("candidate", "candidate"), ("live", "live version"), ("base", "base"))
 
 
 def plain(text: str) -> str:
@@ -67,6 +78,100 @@ def answer_note(result: TurnResult) -> dict[str, Any]:
             parts.append(f"**[{source['number']}] {plain(source['source'])}**{section} (score {source['score']:.2f})\n\n{quoted}")
         body = "\n\n".join(parts)
     return {"role": "assistant", "content": body, "metadata": {"title": title, "status": "done"}}
+
+
+def train_request(values: Sequence[Any]) -> dict[str, Any]:
+    """The Training tab's controls as TrainRequest fields; an empty box means the setting's default."""
+    fields = dict(zip(TRAIN_FIELDS, values, strict=True))
+    for name in ("adapter", "log_adapter", "since", "until", "golden"):
+        fields[name] = (fields[name] or "").strip() or None
+    if not fields["adapter"]:
+        raise InvalidRequestError("choose an adapter, or type a new name, to train")
+    if fields["log_adapter"] == THIS_ADAPTER:
+        fields["log_adapter"] = None
+    for name in ("min_answer_chars", "max_steps"):
+        fields[name] = None if fields[name] is None else int(fields[name])
+    return {"from_logs": True, **{name: value for name, value in fields.items() if value is not None}}
+
+
+def dataset_markdown(card: dict[str, Any]) -> str:
+    """What a run would train on, and what was left out and why, so filters can be checked before training."""
+    counts = card["counts"]
+    lines = [
+        f"**{counts['read']}** read, **{counts['kept']} kept**: **{counts['train']}** for training, "
+        f"**{counts['held_out']}** held out, plus **{counts['replay']}** general chats replayed.",
+        "",
+    ]
+    lines += [f"- dropped {n}: {plain(reason)}" for reason, n in card["dropped"].items()] or ["- nothing dropped"]
+    scrubbed = ", ".join(f"{n} {plain(kind)}" for kind, n in card["scrubbed"].items())
+    lines.append(f"- personal data scrubbed: {scrubbed or 'none found'}")
+    return "\n".join(lines)
+
+
+def run_markdown(status: dict[str, Any]) -> str:
+    """One line on where a run stands: state, phase, step of total, time left, latest losses; then any error."""
+    parts = [f"Run `{status['run_id']}` of **{plain(status['adapter'])}**: **{status['state']}**"]
+    if status["phase"]:
+        parts.append(status["phase"])
+    progress = status.get("progress")
+    if progress:
+        parts.append(f"step {progress['step']}/{progress['total']}")
+        if status["phase"] == "training" and progress["eta_s"] is not None:
+            parts.append(f"about {progress['eta_s']:.0f} s left")
+        if progress["loss"] is not None:
+            parts.append(f"loss {progress['loss']:.4f}")
+        if progress["eval_loss"] is not None:
+            parts.append(f"held-out loss {progress['eval_loss']:.4f}")
+    line = " · ".join(parts)
+    return f"{line}\n\n{plain(status['error'])}" if status.get("error") else line
+
+
+def report_markdown(report: dict[str, Any] | None) -> str:
+    """The candidate beside the live version and the base, then the gate's decision and whether it was deployed."""
+    if not report or "evaluation" not in report:
+        return ""
+    evaluation = report["evaluation"]
+    sections = {
+        "held_out": evaluation["held_out"], "regression": evaluation["regression"], "golden": evaluation.get("golden") or {}
+    }
+    columns = [(key, label) for key, label in VARIANTS if any(key in section for section in sections.values())]
+    rows = (
+        ("held-out loss", "held_out", "loss", "{:.4f}"),
+        ("held-out perplexity", "held_out", "perplexity", "{:.3f}"),
+        ("golden pass rate", "golden", "pass_rate", "{:.0%}"),
+        ("general perplexity", "regression", "perplexity", "{:.3f}"),
+    )
+    lines = ["| | " + " | ".join(label for _, label in columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for label, section, field, number in rows:
+        if sections[section]:
+            cells = [number.format(sections[section][key][field]) if key in sections[section] else "—" for key, _ in columns]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"General perplexity {evaluation['regression']['rise']:+.1%} against the base."]
+    lines += _gate_lines(report)
+    return "\n".join(lines)
+
+
+def _gate_lines(report: dict[str, Any]) -> list[str]:
+    gate = report.get("gate")
+    if not gate:
+        return []
+    verdict = "passed" if gate["passed"] else "rejected"
+    lines = ["", f"**Gate: {verdict}** (compared with the {dict(VARIANTS)[gate['compared_with']]}):", ""]
+    lines += [f"- {plain(reason)}" for reason in gate["reasons"]]
+    installed = report.get("installed")
+    lines.append("")
+    if installed:
+        lines.append(f"Deployed **{plain(installed['name'])} v{installed['version']}**: it is served now.")
+    else:
+        lines.append("Not deployed: the live version is unchanged.")
+    return lines
+
+
+def loss_frame(status: dict[str, Any]):
+    """The run's training loss per step, for the loss plot; typed even when empty, so the axes start out numeric."""
+    import pandas as pd
+
+    return pd.DataFrame(status.get("losses") or [], columns=["step", "loss"]).astype({"step": int, "loss": float})
 
 
 def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
@@ -323,6 +428,9 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
                 ad_route = gr.Button("Route", scale=1)
             ad_route_result = gr.JSON(label="Route", elem_id="route-result")
 
+        with gr.Tab("Training") as training_tab:
+            training_controls(runtime, admin, token_box("training-token"), require, training_tab)
+
         # ---- events
         chat_inputs = [message, chatbot, adapter, conversation, message_ids]
         chat_outputs = [message, chatbot, conversation, message_ids]
@@ -356,3 +464,124 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
 
     blocks.queue(default_concurrency_limit=settings.server.ui_concurrency)
     return blocks
+
+
+def training_controls(
+    runtime: "Runtime", admin: Admin, token: gr.Textbox, require: Callable[[str | None], None], tab: gr.Tab
+) -> None:
+    """The Training tab's components and events, built inside the page's Blocks.
+
+    Choose the adapter and the log filters, preview the dataset, start a run,
+    follow it (a timer polls the shared run manager while it is active), read
+    the evaluation report, roll back.
+    """
+    defaults = runtime.settings.training
+    names = runtime.registry.names()
+    with gr.Row():
+        adapter = gr.Dropdown(
+            choices=names, value=None, allow_custom_value=True, label="Adapter", elem_id="training-adapter", scale=2,
+            info="An installed adapter gets its next version; type a new name (a-z, 0-9, '-', '_') to create one.",
+        )
+        max_steps = gr.Number(
+            value=defaults.max_steps, minimum=1, precision=0, label="Max steps", elem_id="training-max-steps",
+            info="Optimizer steps of the run: a few seconds each for the 135M default on two CPU cores, far less on a GPU.",
+        )
+    with gr.Row():
+        log_adapter = gr.Dropdown(
+            choices=[THIS_ADAPTER, "base", "any", *names], value=THIS_ADAPTER, allow_custom_value=True,
+            label="Logged turns of", elem_id="training-log-adapter",
+            info="Turns answered by the adapter being trained, by the base model ('base'), or by anyone ('any').",
+        )
+        rating = gr.Radio(
+            choices=["up", "down", "any"], value="up", label="Rating", elem_id="training-rating",
+            info="The latest rating a logged turn must carry.",
+        )
+        corrections = gr.Checkbox(
+            value=True, label="Include corrected turns", elem_id="training-corrections",
+            info="Corrected turns count whatever their rating; the correction becomes the answer.",
+        )
+    with gr.Row():
+        since = gr.Textbox(
+            label="Since", placeholder="2025-01-31", elem_id="training-since",
+            info="Logged turns from this ISO date or time on; empty for no limit.",
+        )
+        until = gr.Textbox(
+            label="Until", placeholder="2025-12-31", elem_id="training-until",
+            info="Logged turns before this ISO date or time; empty for no limit.",
+        )
+        min_chars = gr.Number(
+            value=defaults.min_answer_chars, minimum=0, precision=0, label="Shortest answer (characters)",
+            elem_id="training-min-chars", info="Turns whose answer is shorter are dropped.",
+        )
+    with gr.Row():
+        sources = gr.Checkbox(
+            value=True, label="Train with the sources", elem_id="training-sources",
+            info="Keep the retrieved sources in the prompt, as served, so the adapter learns to answer from them.",
+        )
+        golden = gr.Textbox(
+            label="Golden set (optional)", placeholder="/path/on/the/server/golden.jsonl", elem_id="training-golden",
+            info="A JSONL file on the server; the candidate and the live version are scored on it.",
+        )
+        force = gr.Checkbox(
+            value=False, label="Deploy even if the gate rejects it", elem_id="training-force",
+            info="Installs the candidate whatever the evaluation says; recorded in its manifest.",
+        )
+    fields = [adapter, log_adapter, rating, corrections, since, until, min_chars, sources, max_steps, golden, force]
+    with gr.Row():
+        preview_button = gr.Button("Preview dataset", elem_id="training-preview-button")
+        start_button = gr.Button("Start training", variant="primary", elem_id="training-start")
+        rollback_button = gr.Button("Roll back", variant="stop", elem_id="training-rollback")
+    preview_view = gr.Markdown(elem_id="training-preview")
+    status_view = gr.Markdown(elem_id="training-status")
+    plot = gr.LinePlot(
+        loss_frame({}), x="step", y="loss", label="Training loss", x_title="step", y_title="loss",
+        y_axis_format=".3f", height=260, elem_id="training-loss",
+    )
+    report_view = gr.Markdown(elem_id="training-report")
+    rollback_view = gr.Markdown(elem_id="training-rollback-status")
+    run_id = gr.State(None)
+    timer = gr.Timer(POLL_SECONDS, active=False)
+
+    def run_view(status: dict[str, Any]) -> tuple:
+        """Status, loss plot and report of a run; the timer keeps polling only while the run is active."""
+        active = status["state"] in ACTIVE_STATES
+        return run_markdown(status), loss_frame(status), report_markdown(status["report"]), gr.Timer(active=active)
+
+    @_user_errors
+    def preview(key: str, *values: Any) -> str:
+        require(key)
+        from training.run import parse_request, preview_dataset  # training imports are heavy: load them on first use
+
+        return dataset_markdown(preview_dataset(runtime, parse_request(train_request(values))))
+
+    @_user_errors
+    def start(key: str, *values: Any) -> tuple:
+        require(key)
+        started = runtime.training_runs.start(train_request(values))
+        return (started, *run_view(runtime.training_runs.status(started)))
+
+    @_user_errors
+    def poll(key: str, current: str) -> tuple:
+        require(key)
+        return run_view(runtime.training_runs.status(current))
+
+    @_user_errors
+    def rollback(key: str, name: str | None) -> str:
+        require(key)
+        name = (name or "").strip()
+        if not name:
+            raise gr.Error("Choose the adapter to roll back.")
+        manifest = admin.rollback_adapter(name)
+        return f"**{plain(name)}** serves v{manifest.version} again."
+
+    def refresh_names() -> tuple:
+        """Adapters installed since the page loaded (by a run, an upload, the CLI) show up when the tab opens."""
+        current = runtime.registry.names()
+        return gr.update(choices=current), gr.update(choices=[THIS_ADAPTER, "base", "any", *current])
+
+    views = [status_view, plot, report_view, timer]
+    preview_button.click(preview, [token, *fields], [preview_view], **PRIVATE)
+    start_button.click(start, [token, *fields], [run_id, *views], **PRIVATE)
+    timer.tick(poll, [token, run_id], views, **PRIVATE)
+    rollback_button.click(rollback, [token, adapter], [rollback_view], **PRIVATE)
+    tab.select(refresh_names, None, [adapter, log_adapter], **PRIVATE)

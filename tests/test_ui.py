@@ -9,15 +9,6 @@ import pytest
 
 WARRANTY_QUESTION = "What is the warranty on your backpacks?"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def assistant_turns(runtime) -> list[tuple[str, str]]:
@@ -62,18 +53,6 @@ def test_a_second_user_is_served_while_the_first_answer_streams(live_server):
     assert not first.done()  # the second user was answered while the first answer was still streaming
     first.result(timeout=120)
     second.result(timeout=120)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_browser_chat_streams_shows_sources_and_records_a_rating(live_server, browser):

@@ -2,10 +2,10 @@
 
 ``RunManager.start`` validates the request, answers with a run id at once and
 trains in a thread; ``status`` reports the state, the phase, step/total with
-an ETA, and the report when done. The status is also written to the run
-folder (``status.json``), so a run started by another process, or before a
-restart, can still be looked up. One run at a time per home: training takes
-the whole machine.
+an ETA, the training loss of every step so far, and the report when done.
+The status is also written to the run folder (``status.json``), so a run
+started by another process, or before a restart, can still be looked up. One
+run at a time per home: training takes the whole machine.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class RunManager:
                 "state": "queued",
                 "phase": None,
                 "progress": None,
+                "losses": [],
                 "report": None,
                 "error": None,
                 "started_at": time.time(),
@@ -102,7 +103,19 @@ class RunManager:
                 "loss": progress.loss,
                 "eval_loss": progress.eval_loss,
             }
+            changes["losses"] = self._losses(run_id, progress)
         self._update(run_id, **changes)
+
+    def _losses(self, run_id: str, progress: Progress) -> list[dict[str, Any]]:
+        """The training loss of every step so far, so a client polling now and then can still plot the whole curve.
+
+        A step reported twice (again when an evaluation adds a held-out loss) keeps one point.
+        """
+        with self._lock:
+            points = [p for p in self._runs[run_id]["losses"] if p["step"] != progress.step]
+        if progress.loss is None:
+            return points
+        return [*points, {"step": progress.step, "loss": progress.loss}]
 
     def _work(self, run_id: str, request: TrainRequest) -> None:
         self._update(run_id, state="running")
