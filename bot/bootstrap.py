@@ -2,8 +2,8 @@
 
 Ingests each demo assistant's documents into its collection, trains its
 adapter with the training module on its examples (rendered in the exact
-prompt layout the pipeline serves), and installs it through the evaluation
-gate. Everything is cached: unchanged documents are skipped and an adapter
+prompt layout the pipeline serves, with the recipe in its manifest's
+``training`` block), and installs it through the evaluation gate. Everything is cached: unchanged documents are skipped and an adapter
 already in the registry is not retrained, so later starts take seconds.
 """
 
@@ -85,14 +85,15 @@ def bootstrap(
             continue
         log.info("Training the demo adapter %r (first start only)", name)
         data, golden = write_training_files(assistant, manifest["system_prompt"], runtime.settings.home / "demo" / name)
+        recipe = {**manifest.get("training", {}), **({"max_steps": max_steps} if max_steps else {})}
         request = TrainRequest(
             adapter=name,
             data=[str(data)],
             golden=str(golden),
-            max_steps=max_steps,
             description=manifest["description"],
             system_prompt=manifest["system_prompt"],
             examples=manifest["examples"],
+            **recipe,
         )
         run = train_adapter(runtime, request, on_progress=on_progress)
         if run.get("installed"):

@@ -215,6 +215,7 @@ def _sft_config(recipe: Recipe, run_dir: Path, device_type: str, has_eval: bool)
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length",  # batches of similar lengths: little compute spent on padding
         dataset_num_proc=None,
     )
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from adapters.manifest import check_name
 from bot.errors import LockedError, NotFoundError
-from training.dataset import REGRESSION_FILE, DatasetOptions, LogFilters, build_dataset
+from training.dataset import REGRESSION_FILE, ChatDataset, DatasetOptions, LogFilters, build_dataset
 from training.finetune import Progress, TrainingError, finetune
 from training.formats import read_chats
 from training.recipe import Recipe
@@ -54,9 +54,15 @@ class TrainRequest(BaseModel):
     since: str | None = Field(None, description="Logged turns from this ISO date or time on.")
     until: str | None = Field(None, description="Logged turns before this ISO date or time.")
     include_sources: bool = Field(True, description="Train with the retrieved sources in the prompt, as served.")
+    min_answer_chars: int | None = Field(None, ge=0, description="Drop examples whose answer is shorter (default from settings).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps (default from settings).")
     rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank (default from settings).")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (default from settings).")
+    batch_size: int | None = Field(None, ge=1, description="Examples per step (default from settings).")
+    dropout: float | None = Field(None, ge=0, lt=1, description="LoRA dropout (default 0.05); 0 trains faster on a CPU.")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute activations to save memory (default on); off is faster where memory is plentiful."
+    )
     replay_fraction: float | None = Field(None, ge=0, lt=0.9, description="Share of general replay data.")
     seed: int | None = Field(None, description="Seed of the split, replay sample and training.")
     golden: str | None = Field(None, description="Golden set JSONL to score the candidate (and the live version) on.")
@@ -136,27 +142,8 @@ def train_adapter(
         live = _live(runtime, request.adapter)
 
         phase("dataset")
-        system_prompt = live.system_prompt if live and live.system_prompt else request.system_prompt
-        options = DatasetOptions.from_defaults(
-            settings.training,
-            include_sources=request.include_sources,
-            system_prompt=system_prompt,
-            replay_fraction=request.replay_fraction,
-            seed=request.seed,
-        )
-        filters = LogFilters(
-            adapter=None if request.log_adapter == "any" else (request.log_adapter or request.adapter),
-            rating=request.rating,
-            include_corrections=request.include_corrections,
-            since=request.since,
-            until=request.until,
-        )
-        dataset = build_dataset(
-            log=runtime.log if request.from_logs else None,
-            filters=filters if request.from_logs else None,
-            files=[Path(p) for p in request.data],
-            options=options,
-        )
+        system_prompt = _system_prompt(live, request)
+        dataset = _build(runtime, request, system_prompt)
         dataset.write(run_dir / "dataset")
         report["dataset"] = dataset.card.to_dict()
         golden = None
@@ -167,7 +154,14 @@ def train_adapter(
 
         phase("training")
         recipe = Recipe.from_defaults(
-            settings.training, max_steps=request.max_steps, rank=request.rank, learning_rate=request.learning_rate, seed=request.seed
+            settings.training,
+            max_steps=request.max_steps,
+            rank=request.rank,
+            learning_rate=request.learning_rate,
+            batch_size=request.batch_size,
+            dropout=request.dropout,
+            gradient_checkpointing=request.gradient_checkpointing,
+            seed=request.seed,
         )
         result = finetune(
             settings,
@@ -222,6 +216,45 @@ def train_adapter(
     finally:
         write_json_atomic(run_dir / "report.json", report)
         lock.release()
+
+
+def preview_dataset(runtime: "Runtime", request: TrainRequest) -> dict[str, Any]:
+    """The dataset card a run of ``request`` would train on (counts, dropped, scrubbed), built without training.
+
+    Operators check their filters with it before spending minutes of training;
+    it builds the dataset exactly as a run does, so the counts are the run's.
+    """
+    return _build(runtime, request, _system_prompt(_live(runtime, request.adapter), request)).card.to_dict()
+
+
+def _system_prompt(live, request: TrainRequest) -> str | None:
+    """A new version trains with the prompt the live version serves; a new adapter with the request's."""
+    return live.system_prompt if live and live.system_prompt else request.system_prompt
+
+
+def _build(runtime: "Runtime", request: TrainRequest, system_prompt: str | None) -> ChatDataset:
+    """The request's log filters and preparation options applied to the log and its data files."""
+    options = DatasetOptions.from_defaults(
+        runtime.settings.training,
+        include_sources=request.include_sources,
+        system_prompt=system_prompt,
+        min_answer_chars=request.min_answer_chars,
+        replay_fraction=request.replay_fraction,
+        seed=request.seed,
+    )
+    filters = LogFilters(
+        adapter=None if request.log_adapter == "any" else (request.log_adapter or request.adapter),
+        rating=request.rating,
+        include_corrections=request.include_corrections,
+        since=request.since,
+        until=request.until,
+    )
+    return build_dataset(
+        log=runtime.log if request.from_logs else None,
+        filters=filters if request.from_logs else None,
+        files=[Path(p) for p in request.data],
+        options=options,
+    )
 
 
 def _live(runtime: "Runtime", name: str):

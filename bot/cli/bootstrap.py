@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 def bootstrap(
     demo: Path = typer.Option(None, "--demo", help="Folder of demo assistants (default: the repo's demo/)."),
-    max_steps: int = typer.Option(None, "--max-steps", help="Training steps per demo adapter (default from settings)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Training steps per demo adapter (default: the recipe in its manifest)."),
     as_json: bool = JSON_OPTION,
     home: str = HOME_OPTION,
 ) -> None:

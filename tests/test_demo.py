@@ -1,0 +1,125 @@
+"""The first run as a newcomer meets it: after ``switchboard bootstrap``, on the embedded default.
+
+One module-scoped bootstrap (the demo documents ingested, both demo adapters
+trained with the training module and installed through the gate) on a fresh
+home; every test asks it what a support agent, a lawyer or a passer-by would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.bootstrap import bootstrap
+from bot.decoding import GenerationRequest
+from bot.pipeline import TurnRequest
+from bot.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+WARRANTY_PERIODS = ("3 years", "2 years", "1 year")  # every period warranty.md states
+LEGAL_SECTIONS = ("**Answer**", "**Legal basis**", "**Note**")
+
+
+@pytest.fixture(scope="module")
+def demo(make_settings, tmp_path_factory) -> Runtime:
+    runtime = Runtime(make_settings(tmp_path_factory.mktemp("demo-home")))
+    report = bootstrap(runtime)
+    for name in ("support", "legal"):
+        assert report.trained[name]["installed"] == {"name": name, "version": 1}, report.trained[name]["gate"]
+    yield runtime
+    runtime.scheduler.stop()
+    runtime.knowledge.close()
+
+
+def ask(runtime: Runtime, message: str, adapter: str = "auto"):
+    return runtime.pipeline.answer(TurnRequest(message, adapter))
+
+
+@pytest.fixture(scope="module")
+def warranty_answer(demo) -> dict:
+    """The README's first example, through the installed command as a user types it."""
+    runtime = demo
+    runtime.scheduler.stop()  # the CLI loads its own model; leave it the cores
+    env = {**os.environ, "SWITCHBOARD_HOME": str(runtime.settings.home), "SWITCHBOARD_BASE_MODEL": runtime.settings.base_model}
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "chat", "How long is the warranty?", "--json"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
+    )
+    runtime.scheduler.start()
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_the_cli_routes_a_warranty_question_to_support_citing_the_warranty_page(warranty_answer):
+    assert warranty_answer["adapter"] == "support" and warranty_answer["adapter_version"] == 1
+    assert "warranty.md" in {s["source"] for s in warranty_answer["sources"]}, warranty_answer["sources"]
+    assert "Next step:" in warranty_answer["answer"], warranty_answer["answer"]
+
+
+@pytest.mark.xfail(
+    reason="known limit of the 135M default: the support adapter often quotes another warranty sentence "
+    "(when the period starts, how to claim) instead of the period list it was given as source [1]",
+    strict=False,
+)
+def test_the_cli_warranty_answer_states_a_period_from_the_page(warranty_answer):
+    assert any(period in warranty_answer["answer"] for period in WARRANTY_PERIODS), warranty_answer["answer"]
+
+
+def test_a_legal_question_gets_the_three_part_answer_citing_an_article(demo):
+    result = ask(demo, "Can a trader refuse to repair goods that turned out to be faulty?")
+    assert result.adapter == "legal"
+    assert any(re.search(r"Article \d+", s["section"]) for s in result.sources), result.sources
+    positions = [result.answer.find(section) for section in LEGAL_SECTIONS]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), result.answer
+    assert re.search(r"Article \d+", result.answer), result.answer
+
+
+@pytest.mark.parametrize("message", ["Hello!", "What is the capital of France?", "Write a haiku about autumn."])
+def test_greetings_and_general_questions_go_to_the_base(demo, message):
+    route = demo.router.route(message)
+    assert route.adapter is None, route
+
+
+def test_a_chinese_customer_question_routes_to_support_and_finds_the_chinese_guide(demo):
+    result = ask(demo, "背包的保修期是多久？")
+    assert result.adapter == "support"
+    assert result.sources and result.sources[0]["source"] == "售后服务指南.md", result.sources
+    assert "保修" in result.sources[0]["text"] and "3年" in result.sources[0]["text"]
+
+
+def golden_prompts(runtime: Runtime, name: str) -> list[list[dict]]:
+    """The demo's golden questions (held out of training) in the served layout, with their sources."""
+    from training.evaluate import golden_chat, read_golden
+
+    cases = read_golden(runtime.settings.home / "demo" / name / "golden.jsonl")
+    return [golden_chat(case, runtime.registry.get(name).system_prompt) for case in cases]
+
+
+def format_rate(runtime: Runtime, name: str, adapter: str | None, follows) -> float:
+    engine = runtime.engine
+    key = engine.ensure(runtime.registry.get(name)) if adapter else None
+    prompts = golden_prompts(runtime, name)
+    options = engine.default_options(max_new_tokens=96)
+    answers = [g.text for g in engine.generate_batch([GenerationRequest(p, key, options) for p in prompts])]
+    return sum(map(follows, answers)) / len(answers)
+
+
+@pytest.mark.parametrize(
+    "name, follows",
+    [
+        ("support", lambda answer: "Next step:" in answer or "下一步：" in answer),
+        ("legal", lambda answer: all(section in answer for section in LEGAL_SECTIONS)),
+    ],
+)
+def test_the_demo_adapters_carry_their_format_where_the_base_does_not(demo, name, follows):
+    base_rate = format_rate(demo, name, None, follows)
+    adapter_rate = format_rate(demo, name, name, follows)
+    print(f"{name}: format rate on its held-out golden prompts: base {base_rate:.0%}, adapter {adapter_rate:.0%}")
+    assert adapter_rate >= 0.8
+    assert adapter_rate - base_rate >= 0.5
