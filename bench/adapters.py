@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import AutoConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from bench.common import PROMPTS  # noqa: E402
 from bot.base_model import load_base, resolve_base_model  # noqa: E402
 from bot.decoding import GenerationRequest  # noqa: E402
 from bot.engine import Engine  # noqa: E402
@@ -28,16 +29,6 @@ from bot.settings import load_settings  # noqa: E402
 from training.random_adapter import make_random_adapter  # noqa: E402
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PROMPTS = [
-    "How long is the warranty on a backpack?",
-    "Can I return a tent after thirty days?",
-    "What does Article 5 say about the guarantee?",
-    "Which payment methods do you accept?",
-    "How do I change my delivery address?",
-    "Is a shop allowed to refuse a refund?",
-    "When will my order arrive?",
-    "What is the limitation period for claims?",
-]
 
 
 def median_seconds(fn, runs: int) -> float:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.common import sse_chunks  # noqa: E402
 from bot.api import create_app, warm  # noqa: E402
 from bot.base_model import resolve_base_model  # noqa: E402
 from bot.pipeline import STAGES, TurnRequest  # noqa: E402
@@ -84,12 +85,7 @@ def stream_turn(client: httpx.Client, question: str) -> dict:
     body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": question}]}
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                raise RuntimeError(chunk["error"]["message"])
+        for chunk in sse_chunks(response):
             delta = chunk["choices"][0]["delta"] if chunk["choices"] else {}
             if delta.get("content") and first is None:
                 first = time.perf_counter()
