@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 
 from bot.bootstrap import bootstrap
-from bot.decoding import GenerationRequest
 from bot.pipeline import TurnRequest
 from bot.runtime import Runtime
+
+# The first test carries the module's bootstrap: two demo adapters trained and evaluated, 10 to 13 minutes on
+# 2 cores, too close to the suite-wide 900 s limit for a slower machine.
+pytestmark = pytest.mark.timeout(1800)
 
 ROOT = Path(__file__).resolve().parents[1]
 WARRANTY_PERIODS = ("3 years", "2 years", "1 year")  # every period warranty.md states
@@ -27,14 +30,21 @@ LEGAL_SECTIONS = ("**Answer**", "**Legal basis**", "**Note**")
 
 
 @pytest.fixture(scope="module")
-def demo(make_settings, tmp_path_factory) -> Runtime:
+def bootstrapped(make_settings, tmp_path_factory):
     runtime = Runtime(make_settings(tmp_path_factory.mktemp("demo-home")))
     report = bootstrap(runtime)
     for name in ("support", "legal"):
-        assert report.trained[name]["installed"] == {"name": name, "version": 1}, report.trained[name]["gate"]
-    yield runtime
+        trained = report.trained[name]
+        assert trained["installed"] == {"name": name, "version": 1}, trained["gate"]
+        print(f"bootstrap trained {name} in {trained['seconds']:.0f} s")
+    yield runtime, report
     runtime.scheduler.stop()
     runtime.knowledge.close()
+
+
+@pytest.fixture(scope="module")
+def demo(bootstrapped) -> Runtime:
+    return bootstrapped[0]
 
 
 def ask(runtime: Runtime, message: str, adapter: str = "auto"):
@@ -63,8 +73,8 @@ def test_the_cli_routes_a_warranty_question_to_support_citing_the_warranty_page(
 
 
 @pytest.mark.xfail(
-    reason="known limit of the 135M default: the support adapter often quotes another warranty sentence "
-    "(when the period starts, how to claim) instead of the period list it was given as source [1]",
+    reason="known limit of the 135M default: for this generic question the support adapter repeats the answer of a "
+    "training example (when the warranty period starts) instead of the period list it was given as source [1]",
     strict=False,
 )
 def test_the_cli_warranty_answer_states_a_period_from_the_page(warranty_answer):
@@ -93,33 +103,15 @@ def test_a_chinese_customer_question_routes_to_support_and_finds_the_chinese_gui
     assert "保修" in result.sources[0]["text"] and "3年" in result.sources[0]["text"]
 
 
-def golden_prompts(runtime: Runtime, name: str) -> list[list[dict]]:
-    """The demo's golden questions (held out of training) in the served layout, with their sources."""
-    from training.evaluate import golden_chat, read_golden
-
-    cases = read_golden(runtime.settings.home / "demo" / name / "golden.jsonl")
-    return [golden_chat(case, runtime.registry.get(name).system_prompt) for case in cases]
-
-
-def format_rate(runtime: Runtime, name: str, adapter: str | None, follows) -> float:
-    engine = runtime.engine
-    key = engine.ensure(runtime.registry.get(name)) if adapter else None
-    prompts = golden_prompts(runtime, name)
-    options = engine.default_options(max_new_tokens=96)
-    answers = [g.text for g in engine.generate_batch([GenerationRequest(p, key, options) for p in prompts])]
-    return sum(map(follows, answers)) / len(answers)
-
-
-@pytest.mark.parametrize(
-    "name, follows",
-    [
-        ("support", lambda answer: "Next step:" in answer or "下一步：" in answer),
-        ("legal", lambda answer: all(section in answer for section in LEGAL_SECTIONS)),
-    ],
-)
-def test_the_demo_adapters_carry_their_format_where_the_base_does_not(demo, name, follows):
-    base_rate = format_rate(demo, name, None, follows)
-    adapter_rate = format_rate(demo, name, name, follows)
-    print(f"{name}: format rate on its held-out golden prompts: base {base_rate:.0%}, adapter {adapter_rate:.0%}")
-    assert adapter_rate >= 0.8
-    assert adapter_rate - base_rate >= 0.5
+def test_the_demo_adapters_carry_their_format_where_the_base_does_not(bootstrapped):
+    """The gate's own measurement, on each demo's golden prompts (held out of training), base against adapter."""
+    runtime, report = bootstrapped
+    for name in ("support", "legal"):
+        run = json.loads((runtime.settings.runs_dir / report.trained[name]["run_id"] / "report.json").read_text())
+        golden = run["evaluation"]["golden"]
+        base_rate, adapter_rate = golden["base"]["format"], golden["candidate"]["format"]
+        print(f"{name}: format rate on {golden['base']['cases']} held-out golden prompts: "
+              f"base {base_rate:.0%}, adapter {adapter_rate:.0%}")
+        assert golden["base"]["cases"] >= 10
+        assert adapter_rate >= 0.8, (name, golden["candidate"]["results"])
+        assert adapter_rate - base_rate >= 0.5, name
