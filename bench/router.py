@@ -9,6 +9,8 @@ off-topic messages in English and Chinese) this measures, in one run:
 - the router over 20 adapters x 20 examples: the two demo adapters cut to 20
   examples each plus 18 distractor adapters on other subjects, so the
   labelled set also tests that unrelated adapters do not steal its messages;
+- the same router on the torch encoder (sentence-transformers on PyTorch),
+  the backend the product used before the ONNX one: the encoder's share;
 - the baseline: the base model (SmolLM2-135M, 4-bit) asked to answer with one
   word, "support", "legal" or "none", given each adapter's description.
 
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from adapters.manifest import Manifest  # noqa: E402
 from bot.calibration import LabelledMessage, calibrate  # noqa: E402
 from bot.router import Router  # noqa: E402
+from bot.runtime import make_encoder  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from knowledge.embeddings import SentenceEncoder  # noqa: E402
 
@@ -224,12 +227,15 @@ def main() -> None:
     cases = labelled()
     with tempfile.TemporaryDirectory(prefix="bench-router-") as home:
         settings = load_settings({"home": home}, environ={})
-        encoder = SentenceEncoder(settings.embedding_model)
+        encoder = make_encoder(settings)
         encoder(["warm up"])
+        torch_encoder = SentenceEncoder(settings.embedding_model, backend="torch")
+        torch_encoder(["warm up"])
         demo = [demo_manifest("support"), demo_manifest("legal")]
         small, small_sync = router_for(encoder, settings, demo)
         large, large_sync = router_for(encoder, settings, twenty_adapters())
-        for router in (small, large):
+        on_torch, _ = router_for(torch_encoder, settings, twenty_adapters())
+        for router in (small, large, on_torch):
             for case in cases[:5]:
                 router.route(case.text)  # first calls load jieba and OpenCC
         started = time.perf_counter()
@@ -248,6 +254,11 @@ def main() -> None:
             ("router, 20 adapters", large_size, twenty),
             ("floor: the encoder alone", "-", measure(lambda t: encoder([t]), cases, args.passes, judge=False)),
         ]
+        torch_router = measure(lambda t: on_torch.route(t).adapter, cases, args.passes)
+        results += [
+            ("router, 20 adapters, torch encoder", large_size, torch_router),
+            ("floor: the torch encoder alone", "-", measure(lambda t: torch_encoder([t]), cases, args.passes, judge=False)),
+        ]
         calibrated = calibrate(large, cases)
         if not args.skip_llm:
             print("loading the base model for the LLM baseline ...", file=sys.stderr)
@@ -259,7 +270,8 @@ def main() -> None:
     import torch
 
     print(
-        f"\nRouting on {len(cases)} labelled messages (demo/routing_eval.jsonl); {os.cpu_count()} CPUs, "
+        f"\nRouting on {len(cases)} labelled messages (demo/routing_eval.jsonl); encoder backend {encoder.backend}; "
+        f"{os.cpu_count()} CPUs, "
         f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}\n"
     )
     print(row("method", "adapters", "accuracy", "p50 ms", "p95 ms", "cpu p50 ms", "calls"))
@@ -270,6 +282,10 @@ def main() -> None:
         print(row(name, adapters, *figures, r["n"]))
     router_p50 = twenty["p50"]
     print()
+    print(
+        f"ratio: the router on the torch encoder takes {torch_router['p50'] / router_p50:.1f}x the p50 of the router "
+        f"on {encoder.backend} (20 adapters; accuracy {torch_router['accuracy']:.3f} vs {twenty['accuracy']:.3f})"
+    )
     print(
         f"index build: 2 demo adapters {small_sync:.2f} s, 20 x 20 examples {large_sync:.2f} s; "
         f"live: one more adapter added in {added_ms:.0f} ms, removed in {removed_ms:.0f} ms"

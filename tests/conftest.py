@@ -64,12 +64,12 @@ def make_random_adapter(base_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def encoder():
-    """The packaged all-MiniLM-L6-v2, loaded once for every test that embeds."""
+def encoder(tmp_path_factory):
+    """The packaged all-MiniLM-L6-v2 on the product's default backend (ONNX on the CPU), loaded once."""
     from bot.settings import PACKAGED_EMBEDDING_MODEL
     from knowledge.embeddings import SentenceEncoder
 
-    return SentenceEncoder(PACKAGED_EMBEDDING_MODEL)
+    return SentenceEncoder(PACKAGED_EMBEDDING_MODEL, cache_dir=tmp_path_factory.mktemp("encoder-cache"))
 
 
 # --- end knowledge ---------------------------------------------------------------------------------

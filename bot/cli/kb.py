@@ -22,11 +22,11 @@ COLLECTION_OPTION = typer.Option(..., "--collection", "-c", help="Knowledge coll
 
 
 def _open(home: str | None, read_only: bool):
+    from bot.runtime import make_encoder
     from knowledge.base import KnowledgeBase
-    from knowledge.embeddings import SentenceEncoder
 
     settings = settings_from(home)
-    return KnowledgeBase(settings, SentenceEncoder(settings.embedding_model), read_only=read_only)
+    return KnowledgeBase(settings, make_encoder(settings), read_only=read_only)
 
 
 @app.command()
