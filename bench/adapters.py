@@ -27,8 +27,7 @@ from bot.decoding import GenerationRequest  # noqa: E402
 from bot.engine import Engine  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from training.random_adapter import make_random_adapter  # noqa: E402
-
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from training.recipe import Recipe  # noqa: E402
 
 
 def median_seconds(fn, runs: int) -> float:
@@ -51,7 +50,7 @@ def resident_bytes(engine: Engine, keys: list[str], folders: list[Path]) -> list
 
 
 def row(name: str, value: str, baseline: str, ratio: str, target: str) -> str:
-    return f"| {name:<44} | {value:>14} | {baseline:>16} | {ratio:>10} | {target:>10} |"
+    return f"| {name:<46} | {value:>14} | {baseline:>16} | {ratio:>10} | {target:>10} |"
 
 
 def main() -> None:
@@ -66,11 +65,13 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
     settings = load_settings({"home": home, "base_model": args.base_model, "device": args.device, "max_resident_adapters": 16})
     config = AutoConfig.from_pretrained(resolve_base_model(settings))
-    folders = [make_random_adapter(config, home / f"lora{i}", seed=i, rank=16, targets=ALL_PROJECTIONS) for i in range(4)]
+    recipe = Recipe()  # adapters shaped like the ones switchboard train makes
+    shape = dict(rank=recipe.rank, targets=tuple(recipe.target_modules))
+    folders = [make_random_adapter(config, home / f"lora{i}", seed=i, **shape) for i in range(4)]
 
     print(f"\nbase: {settings.base_model} ({settings.quantization}); medians of {args.runs} runs", flush=True)
     print(row("measure", "value", "baseline", "ratio", "target"))
-    print(row("-" * 44, "-" * 14, "-" * 16, "-" * 10, "-" * 10), flush=True)
+    print(row("-" * 46, "-" * 14, "-" * 16, "-" * 10, "-" * 10), flush=True)
     engine = Engine(settings)
     base_bytes = engine.memory_bytes()
     keys = [f"bench{i}__v1" for i in range(len(folders))]
@@ -98,12 +99,13 @@ def main() -> None:
     four_bit_bytes = engine.base.footprint_bytes
     print(row("4-bit footprint vs full precision (MB)", f"{four_bit_bytes / 1e6:.1f}", f"{full_bytes / 1e6:.1f}", f"{four_bit_bytes / full_bytes:.1%}", "<= 35%"))
     per_adapter = statistics.median(adapter_bytes)
-    print(row("bytes per resident adapter (r=16, all proj.)", f"{per_adapter / 1e6:.2f} MB", f"{base_bytes / 1e6:.1f} MB", f"{per_adapter / four_bit_bytes:.2%}", "<= 2%"), flush=True)
-    small = [make_random_adapter(config, home / f"small{i}", seed=i, rank=8, targets=("q_proj", "v_proj")) for i in range(4)]
-    small_engine = Engine(settings)  # its own base: slots are sized by the largest rank and targets they hold
-    per_small = statistics.median(resident_bytes(small_engine, [f"small{i}__v1" for i in range(4)], small))
-    del small_engine
-    print(row("bytes per resident adapter (r=8, q/v)", f"{per_small / 1e6:.2f} MB", f"{base_bytes / 1e6:.1f} MB", f"{per_small / four_bit_bytes:.2%}", "<= 2%"), flush=True)
+    recipe_name = f"r={recipe.rank}, {len(recipe.target_modules)} proj., {settings.adapter_dtype}"
+    print(row(f"per resident adapter ({recipe_name})", f"{per_adapter / 1e6:.2f} MB", f"{base_bytes / 1e6:.1f} MB", f"{per_adapter / four_bit_bytes:.2%}", "<= 2%"), flush=True)
+    wide = settings.model_copy(update={"adapter_dtype": "float32"})
+    wide_engine = Engine(wide)  # its own base: slots are sized by the dtype, largest rank and targets they hold
+    per_wide = statistics.median(resident_bytes(wide_engine, keys, folders))
+    del wide_engine
+    print(row("the same adapters in float32 slots", f"{per_adapter / 1e6:.2f} MB", f"{per_wide / 1e6:.2f} MB", f"{per_adapter / per_wide:.2f}x", ""), flush=True)
 
     options = engine.default_options(max_new_tokens=args.tokens, ignore_eos=True)
     requests = [GenerationRequest([{"role": "user", "content": p}], keys[i % 4], options) for i, p in enumerate(PROMPTS)]

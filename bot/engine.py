@@ -44,7 +44,7 @@ class Engine:
         self.device = self.base.device
         self.fingerprint: BaseFingerprint = fingerprint_of(self.base.model, settings.base_model)
         self.context_window = int(getattr(self.base.model.config, "max_position_embeddings", 2048))
-        self._slots = AdapterSlots(self.base.model)
+        self._slots = AdapterSlots(self.base.model, storage_dtype=getattr(torch, settings.adapter_dtype))
         self._resident: OrderedDict[str, Path] = OrderedDict()
         self._folders: dict[str, Path] = {}  # every key that may be (re)loaded: resident or evicted
         self._held: Counter[str] = Counter()  # keys in use by rows being decoded

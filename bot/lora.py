@@ -43,8 +43,9 @@ class SlotLinear(nn.Module):
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
         self.owner = owner
-        self.register_buffer("lora_A", torch.zeros(0, 0, self.in_features, dtype=owner.dtype, device=owner.device))
-        self.register_buffer("lora_B", torch.zeros(0, 0, self.out_features, dtype=owner.dtype, device=owner.device))
+        storage = {"dtype": owner.storage_dtype, "device": owner.device}
+        self.register_buffer("lora_A", torch.zeros(0, 0, self.in_features, **storage))
+        self.register_buffer("lora_B", torch.zeros(0, 0, self.out_features, **storage))
         self._views()
 
     def _views(self) -> None:
@@ -70,10 +71,11 @@ class SlotLinear(nn.Module):
         if assignment is None:
             return out
         low, high = assignment.columns
-        down = torch.mm(x.reshape(-1, self.in_features).to(self.down.dtype), self.down[:, low:high])
+        dtype = out.dtype  # factors stored narrower than the compute dtype are widened for the pass
+        down = torch.mm(x.reshape(-1, self.in_features).to(dtype), self.down[:, low:high].to(dtype))
         down.mul_(assignment.mask_for(down.shape[0]))
         out = out.contiguous()
-        out.view(-1, self.out_features).addmm_(down.to(out.dtype), self.up[low:high].to(out.dtype))
+        out.view(-1, self.out_features).addmm_(down, self.up[low:high].to(dtype))
         return out
 
 
@@ -100,12 +102,18 @@ class SlotAssignment:
 
 
 class AdapterSlots:
-    """The adapters resident in one base model, by slot, and the slot assignment of the pass in progress."""
+    """The adapters resident in one base model, by slot, and the slot assignment of the pass in progress.
 
-    def __init__(self, model: nn.Module) -> None:
+    ``storage_dtype`` is what the factors are kept in (default: the compute
+    dtype). bfloat16 on a float32 CPU model halves each resident adapter; its
+    8-bit mantissa rounds the low-rank update far less than NF4 rounds the base.
+    """
+
+    def __init__(self, model: nn.Module, storage_dtype: torch.dtype | None = None) -> None:
         self.model = model
         embeddings = model.get_input_embeddings().weight
         self.dtype = embeddings.dtype if embeddings.is_floating_point() else torch.float32
+        self.storage_dtype = storage_dtype or self.dtype
         self.device = embeddings.device
         self.layers: dict[str, SlotLinear] = {}
         self.slots: dict[str, int] = {}  # adapter key -> slot

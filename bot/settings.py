@@ -91,6 +91,11 @@ class Settings(Section):
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on the CPU."
     )
+    adapter_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16",
+        description="dtype resident LoRA factors are stored in; bfloat16 holds an adapter in half the bytes of "
+        "float32, and the update is still computed in the compute dtype.",
+    )
     max_resident_adapters: int = Field(8, ge=1, le=1024, description="Adapters kept loaded; LRU ones are unloaded.")
     max_adapter_bytes: int = Field(500_000_000, ge=1, description="Largest adapter weights file accepted.")
     embedding_model: str = Field(

@@ -60,6 +60,8 @@ class OnnxSentenceEncoder:
             raise OnnxExportError("onnxruntime is not installed (pip install onnxruntime)") from exc
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are noise to a user
+        # Idle pool threads spin by default; in a server the decoding thread wants those cores between queries.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's errors derive from Exception alone

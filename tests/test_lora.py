@@ -93,3 +93,22 @@ def test_unsupported_adapters_are_refused_clearly(tiny, folders, tmp_path):
     with pytest.raises(InvalidAdapterError, match="DoRA is not supported"):
         slots.load("dora", dora)
     assert slots.keys == []
+
+
+def test_bfloat16_slots_hold_an_adapter_in_half_the_bytes_and_compute_nearly_what_peft_does(tiny, folders):
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(copy.deepcopy(tiny), str(folders["wide"]), adapter_name="wide").eval()
+    full, half = AdapterSlots(copy.deepcopy(tiny)), AdapterSlots(copy.deepcopy(tiny), storage_dtype=torch.bfloat16)
+    with torch.no_grad():
+        for slots in (full, half):
+            slots.load("wide", folders["wide"])
+    nbytes = [sum(layer.lora_A.nbytes + layer.lora_B.nbytes for layer in s.layers.values()) for s in (full, half)]
+    assert nbytes[1] * 2 == nbytes[0] > 0
+    ids = torch.randint(0, 96, (2, 7))
+    expected = logits(peft, ids)
+    with half.assign(["wide", "wide"]):
+        got = logits(half.model, ids)
+    assert got.dtype == torch.float32  # the update is computed in the model's dtype
+    assert not torch.allclose(expected, logits(tiny, ids), atol=1e-2)  # the adapter matters at this scale
+    assert torch.allclose(got, expected, atol=2e-2) and (got - expected).abs().max() < 1e-2 * expected.abs().max()

@@ -13,8 +13,8 @@ class TrainingDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     max_steps: int = Field(60, ge=1, description="Optimizer steps of a training run unless a run says otherwise.")
-    rank: int = Field(16, ge=1, le=1024, description="LoRA rank of new adapters.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha of new adapters.")
+    rank: int = Field(4, ge=1, le=1024, description="LoRA rank of new adapters (see training.recipe.Recipe.rank).")
+    alpha: int = Field(16, ge=1, description="LoRA alpha of new adapters (see training.recipe.Recipe.alpha).")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     batch_size: int = Field(4, ge=1, description="Examples per step.")
     max_length: int = Field(512, ge=16, description="Tokens per training example at most.")

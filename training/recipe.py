@@ -21,8 +21,20 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # The adapter.
-    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r: the width of the low-rank update.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha; the update is scaled by alpha / rank.")
+    rank: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="LoRA rank r: the width of the low-rank update. 4 on every projection teaches a style or format "
+        "(QLoRA found rank matters little once every layer is adapted) and keeps a resident adapter under 2% of the "
+        "4-bit base, so many stay loaded.",
+    )
+    alpha: int = Field(
+        16,
+        ge=1,
+        description="LoRA alpha; the update is scaled by alpha / rank. 4x the rank: at rank 4, alpha 8 lost one of "
+        "the 12 golden format checks of the demo support adapter that alpha 16 keeps.",
+    )
     dropout: float = Field(
         0.05,
         ge=0.0,
