@@ -4,8 +4,9 @@
 
 A live server (API and UI, as ``switchboard serve`` runs it) on a temporary
 home, with random-weight adapters shaped like the ones ``switchboard train``
-makes (rank 16 on every projection): random weights decode to the token
-limit, so every request generates the same number of tokens. Closed-loop
+makes (the recipe's rank on every projection). Requests set ``ignore_eos``
+(vLLM's extension), so every request, on an adapter or the bare base,
+generates exactly ``--tokens`` tokens. Closed-loop
 clients on loopback stream ``/v1/chat/completions`` back to back, each for
 ``--seconds``; tokens are counted inside that window (a request that straddles
 its edge counts pro rata) and latencies over the requests that started in it.
@@ -148,6 +149,7 @@ def chat(client: httpx.Client, model: str, prompt: str, tokens: int) -> Request:
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": tokens,
         "temperature": 0,
+        "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
     }

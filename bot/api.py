@@ -84,6 +84,9 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool | None = Field(
+        None, description="vLLM's extension: generate max_tokens tokens, past end-of-turn (benchmarks)."
+    )
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
     conversation_id: str | None = Field(None, description="Switchboard: log the turn into this conversation.")
 
@@ -109,6 +112,7 @@ class ChatCompletionRequest(BaseModel):
                 "top_p": self.top_p,
                 "stop": stop,
                 "seed": self.seed,
+                "ignore_eos": self.ignore_eos,
             },
         )
 

@@ -98,6 +98,15 @@ def test_base_model_and_conversation_continuation(client):
     assert again.usage.prompt_tokens > first.usage.prompt_tokens  # the logged turn is in the prompt
 
 
+def test_ignore_eos_generates_exactly_max_tokens(client):
+    """vLLM's extension, which the serving benchmark uses so every request costs the same."""
+    ask = dict(model="base", messages=[{"role": "user", "content": "Say just: yes."}], max_tokens=48)
+    plain = client.chat.completions.create(**ask)
+    forced = client.chat.completions.create(**ask, extra_body={"ignore_eos": True})
+    assert plain.choices[0].finish_reason == "stop" and plain.usage.completion_tokens < 48
+    assert forced.choices[0].finish_reason == "length" and forced.usage.completion_tokens == 48
+
+
 def test_feedback_is_stored(http, client, live_server):
     response = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "Hello"}], max_tokens=3)
     message_id = response.model_extra["switchboard"]["message_id"]
