@@ -38,6 +38,7 @@ import httpx  # noqa: E402
 from bench.common import PROMPTS, sse_chunks  # noqa: E402
 from bot.api import create_app, warm  # noqa: E402
 from bot.base_model import resolve_base_model  # noqa: E402
+from bot.cores import reserve_for_workers  # noqa: E402
 from bot.runtime import Runtime  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
@@ -271,6 +272,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    reserve_for_workers()  # as switchboard serve does, before the models load
 
     home = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     try:

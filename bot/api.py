@@ -519,6 +519,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     """Serve the UI at / and the API at /v1 on one port until interrupted."""
     import uvicorn
 
+    from bot.cores import reserve_for_workers
+
+    reserve_for_workers()  # before the models load: the scheduler's thread decodes on every core
+
     host = host or settings.server.host
     port = port or settings.server.port
     check_bind(host, settings.admin_token)

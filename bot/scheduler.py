@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from bot.batch import Batch
+from bot.cores import use_all
 from bot.decoding import DecodeRow, Generation, GenerationRequest
 from bot.errors import BusyError, SwitchboardError
 from bot.settings import SchedulerConfig
@@ -185,6 +186,7 @@ class Scheduler:
     # ---- the worker
 
     def _work(self) -> None:
+        use_all(self.config.threads)  # see bot.cores: the decoding thread owns the cores
         batch = Batch(self.engine)
         while True:
             with self._wake:

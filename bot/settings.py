@@ -78,6 +78,7 @@ class SchedulerConfig(Section):
     max_batch_size: int = Field(8, ge=1, le=256, description="Rows decoded together in one forward pass.")
     max_queue: int = Field(64, ge=1, description="Waiting requests before new ones get 503 Retry-After.")
     batching: bool = Field(True, description="Off runs one request at a time (the benchmark baseline).")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch threads of the decoding thread; unset: every core.")
 
 
 class Settings(Section):

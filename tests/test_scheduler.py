@@ -229,3 +229,15 @@ def test_callers_in_many_threads(engine, adapters, make_scheduler):
     for i, (prompt, adapter) in enumerate(jobs):
         assert_greedy(engine, prompt, adapter, results[i], opts.repetition_penalty)
     assert len({results[i].text for i in range(4)}) == 4
+
+
+def test_the_decoding_thread_takes_the_configured_cores(make_scheduler, engine):
+    """bot.cores: a serving process keeps its main thread to one torch thread; the scheduler's takes the cores."""
+    import os
+
+    seen = []
+    for threads in (1, None):
+        scheduler = make_scheduler(threads=threads)
+        record = lambda _: seen.append(torch.get_num_threads())  # noqa: E731 - on_text runs in the decoding thread
+        scheduler.generate(GenerationRequest(PROMPTS[0], None, options(engine, 2), on_text=record))
+    assert seen[0] == 1 and seen[-1] == len(os.sched_getaffinity(0))

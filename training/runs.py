@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from bot.cores import use_all
 from bot.errors import LockedError, NotFoundError, SwitchboardError
 from training.finetune import Progress
 from training.run import TrainRequest, new_run_id, parse_request, train_adapter, write_json_atomic
@@ -118,6 +119,7 @@ class RunManager:
         return [*points, {"step": progress.step, "loss": progress.loss}]
 
     def _work(self, run_id: str, request: TrainRequest) -> None:
+        use_all()  # a serving process keeps its other threads to one core (bot.cores); training takes them all
         self._update(run_id, state="running")
         stop = self._stops[run_id]
         try:

@@ -23,9 +23,11 @@ def chat(
     home: str = HOME_OPTION,
 ) -> None:
     """Answer one message (routed, grounded and logged) and print it; --json adds adapter, sources and ids."""
+    from bot.cores import reserve_for_workers
     from bot.pipeline import Pipeline, TurnRequest
     from knowledge.base import KnowledgeBase
 
+    reserve_for_workers()  # the pipeline decodes in the scheduler's thread, on every core
     runtime = Runtime(settings_from(home))
     # Read-only: a running server holds the knowledge base's writer lock, and chatting writes nothing there.
     knowledge = KnowledgeBase(runtime.settings, runtime.encoder, read_only=True)
