@@ -60,3 +60,16 @@ def test_loss_mask_covers_the_answer_and_its_end_of_turn_token(base_and_adapter)
     assert tokenizer.apply_chat_template(chat, tokenize=False, chat_template=template) == tokenizer.apply_chat_template(
         chat, tokenize=False
     )
+
+
+def test_a_run_prints_nothing_on_stdout(make_settings, tmp_path, capfd):
+    """`switchboard train --json` promises one JSON document on stdout: the trainer's own log lines must not land there."""
+    from training.finetune import finetune
+    from training.recipe import Recipe
+
+    recipe = Recipe(max_steps=2, batch_size=2, max_length=64, dropout=0.0, gradient_checkpointing=False)
+    chats = style_chats()
+    result = finetune(make_settings(tmp_path / "home"), chats[:8], tmp_path / "run", recipe=recipe, held_out=chats[8:10])
+    out, err = capfd.readouterr()
+    assert result.adapter_dir.is_dir()
+    assert out == "", out[:500]

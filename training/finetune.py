@@ -288,6 +288,9 @@ def finetune(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    # With tqdm off the trainer prints every log dict to stdout, where `--json` promises one JSON document;
+    # the run's own callback reports progress on stderr instead.
+    trainer.remove_callback(transformers.PrinterCallback)
     verify_loss_mask(trainer, tokenizer)
 
     # Fit.
