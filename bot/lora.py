@@ -46,6 +46,11 @@ class SlotLinear(nn.Module):
         storage = {"dtype": owner.storage_dtype, "device": owner.device}
         self.register_buffer("lora_A", torch.zeros(0, 0, self.in_features, **storage))
         self.register_buffer("lora_B", torch.zeros(0, 0, self.out_features, **storage))
+        # The running batch's slot span widened to the compute dtype (when storage is narrower), kept between
+        # decoding steps: counted with the buffers, rebuilt when the span or any slot changes.
+        self.register_buffer("widened_A", torch.zeros(0, 0), persistent=False)
+        self.register_buffer("widened_B", torch.zeros(0, 0), persistent=False)
+        self._widened_key: tuple | None = None
         self._views()
 
     def _views(self) -> None:
@@ -70,13 +75,23 @@ class SlotLinear(nn.Module):
         assignment = self.owner.assignment
         if assignment is None:
             return out
-        low, high = assignment.columns
-        dtype = out.dtype  # factors stored narrower than the compute dtype are widened for the pass
-        down = torch.mm(x.reshape(-1, self.in_features).to(dtype), self.down[:, low:high].to(dtype))
+        dtype = out.dtype
+        lora_a, lora_b = self._span(*assignment.columns, dtype)
+        down = torch.mm(x.reshape(-1, self.in_features).to(dtype), lora_a)
         down.mul_(assignment.mask_for(down.shape[0]))
         out = out.contiguous()
-        out.view(-1, self.out_features).addmm_(down, self.up[low:high].to(dtype))
+        out.view(-1, self.out_features).addmm_(down, lora_b)
         return out
+
+    def _span(self, low: int, high: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors of the slot columns ``low:high`` in ``dtype``: views, or the widened copies of this span."""
+        if self.lora_A.dtype == dtype:
+            return self.down[:, low:high], self.up[low:high]
+        key = (low, high, dtype, self.owner.epoch)
+        if self._widened_key != key:  # checked first: a decoding step's passes reuse the span of the one before
+            self.widened_A, self.widened_B = self.down[:, low:high].to(dtype), self.up[low:high].to(dtype)
+            self._widened_key = key
+        return self.widened_A, self.widened_B
 
 
 class SlotAssignment:
@@ -119,6 +134,7 @@ class AdapterSlots:
         self.slots: dict[str, int] = {}  # adapter key -> slot
         self.capacity = 0
         self.rank = 0
+        self.epoch = 0  # bumped whenever a slot's factors change: widened copies of an older epoch are stale
         self.assignment: SlotAssignment | None = None
 
     @property
@@ -145,6 +161,7 @@ class AdapterSlots:
             layer.lora_A[slot, :r] = lora_a.to(layer.lora_A)
             layer.lora_B[slot, :r] = (lora_b.t() * scaling(config, module, r)).to(layer.lora_B)
         self.slots[key] = slot
+        self.epoch += 1
 
     def unload(self, key: str) -> None:
         slot = self.slots.pop(key, None)
@@ -183,12 +200,14 @@ class AdapterSlots:
     def _resize(self, capacity: int, rank: int) -> None:
         if (capacity, rank) == (self.capacity, self.rank):
             return
+        self.epoch += 1
         for layer in self.layers.values():
             layer.resize(capacity, rank)
         self.capacity, self.rank = capacity, rank
 
     def _clear(self, slot: int) -> None:
         """Zero a slot in every layer: an adapter must not inherit another's factors in layers it does not target."""
+        self.epoch += 1
         for layer in self.layers.values():
             layer.lora_A[slot].zero_()
             layer.lora_B[slot].zero_()

@@ -112,3 +112,24 @@ def test_bfloat16_slots_hold_an_adapter_in_half_the_bytes_and_compute_nearly_wha
     assert got.dtype == torch.float32  # the update is computed in the model's dtype
     assert not torch.allclose(expected, logits(tiny, ids), atol=1e-2)  # the adapter matters at this scale
     assert torch.allclose(got, expected, atol=2e-2) and (got - expected).abs().max() < 1e-2 * expected.abs().max()
+
+
+def test_widened_bfloat16_factors_follow_a_slot_that_changes_adapter(tiny, folders):
+    """The running span's widened copy is reused between passes, never after its slot took another adapter."""
+    slots = AdapterSlots(copy.deepcopy(tiny), storage_dtype=torch.bfloat16)
+    fresh = AdapterSlots(copy.deepcopy(tiny), storage_dtype=torch.bfloat16)
+    ids = torch.randint(0, 96, (2, 5))
+    with torch.no_grad():
+        slots.load("wide", folders["wide"])
+        fresh.load("other", folders["other"])
+    with slots.assign(["wide", "wide"]):
+        first = logits(slots.model, ids)
+        assert torch.equal(logits(slots.model, ids), first)  # the second pass reuses the widened copy
+    with torch.no_grad():
+        slots.unload("wide")
+        slots.load("other", folders["other"])  # the same slot and column span, other factors
+    with slots.assign(["other", "other"]):
+        got = logits(slots.model, ids)
+    with fresh.assign(["other", "other"]):
+        expected = logits(fresh.model, ids)
+    assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, first, atol=1e-3)
