@@ -100,8 +100,9 @@ class SentenceEncoder:
 
     @property
     def backend(self) -> str:
-        """The backend that embeds: ``onnx`` or ``torch`` (loads the model to find out)."""
-        return "onnx" if self.model is not None and self._onnx is not None else "torch"
+        """The backend that embeds: ``onnx`` or ``torch`` (loading the model decides it)."""
+        self.model
+        return "torch" if self._onnx is None else "onnx"
 
     def _onnx_encoder(self, model):
         """The model in onnxruntime, or None (a logged warning) when it cannot reproduce torch's vectors."""
@@ -156,4 +157,4 @@ class SentenceEncoder:
         for start in tqdm(starts, desc="Embedding", unit="batch", disable=not show_progress):
             rows = order[start : start + self.batch_size]
             vectors[rows] = self._onnx([texts[i] for i in rows])
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors

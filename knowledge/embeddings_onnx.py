@@ -74,7 +74,8 @@ class OnnxSentenceEncoder:
         features = self._model.preprocess(texts, prompt=self._prompt)
         feeds = {name: features[name].numpy().astype(np.int64) for name in self._inputs}
         (vectors,) = self._session.run(None, feeds)
-        return vectors.astype(np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)  # unit rows, as the torch path gives
 
 
 def export(model, folder: Path) -> Path:
@@ -121,14 +122,10 @@ def load(model, folder: Path, torch_vectors: np.ndarray) -> OnnxSentenceEncoder:
         vectors = encoder(PROBE)
     except Exception as exc:  # onnxruntime's errors derive from Exception alone
         raise OnnxExportError(f"onnxruntime cannot run the exported graph: {exc}") from exc
-    cosine = np.sum(_unit(vectors) * _unit(torch_vectors), axis=1)
+    cosine = np.sum(vectors * torch_vectors, axis=1)  # both unit rows
     if vectors.shape != torch_vectors.shape or float(cosine.min()) < MIN_PROBE_COSINE:
         raise OnnxExportError(f"the ONNX graph's vectors differ from torch's (cosine {float(cosine.min()):.5f})")
     return encoder
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 class _Forward(torch.nn.Module):
