@@ -72,13 +72,12 @@ def test_the_cli_routes_a_warranty_question_to_support_citing_the_warranty_page(
     assert "Next step:" in warranty_answer["answer"], warranty_answer["answer"]
 
 
-@pytest.mark.xfail(
-    reason="known limit of the 135M default: for this generic question the support adapter repeats the answer of a "
-    "training example (when the warranty period starts) instead of the period list it was given as source [1]",
-    strict=False,
-)
-def test_the_cli_warranty_answer_states_a_period_from_the_page(warranty_answer):
-    assert any(period in warranty_answer["answer"] for period in WARRANTY_PERIODS), warranty_answer["answer"]
+def test_the_cli_warranty_answer_states_a_period_from_the_page_and_cites_it(warranty_answer):
+    answer, sources = warranty_answer["answer"], warranty_answer["sources"]
+    stated = [period for period in WARRANTY_PERIODS if period in answer]
+    cited = [sources[int(n) - 1]["text"] for n in re.findall(r"\[(\d+)\]", answer) if 0 < int(n) <= len(sources)]
+    assert stated, answer
+    assert any(period in text for period in stated for text in cited), (answer, sources)
 
 
 def test_a_legal_question_gets_the_three_part_answer_citing_an_article(demo):
