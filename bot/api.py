@@ -511,7 +511,7 @@ def warm(runtime: Runtime) -> None:
     enabled = [m for m in runtime.registry.list() if m.enabled][: runtime.settings.max_resident_adapters]
     for manifest in enabled:
         started = time.perf_counter()
-        runtime.engine.ensure(manifest)
+        runtime.engine.activate([runtime.engine.ensure(manifest)])
         log.info("loaded adapter %s v%d in %.1fs", manifest.name, manifest.version, time.perf_counter() - started)
 
 

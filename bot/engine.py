@@ -152,10 +152,15 @@ class Engine:
             return len(set(keys) | set(self._held)) <= self.settings.max_resident_adapters
 
     def ensure(self, manifest: Manifest | None) -> str | None:
-        """The engine key of a registry version, loading it on first use; None means the base."""
+        """The engine key of a registry version, known to the engine from now on; None means the base.
+
+        Its weights load when a request for it joins a batch (:meth:`activate`, on the decoding
+        thread). Loading here, in the caller's thread, would wait for a decoding step, stall the
+        next while it loads, and could evict the adapter of a request already waiting to join.
+        """
         if manifest is None:
             return None
-        self.load_adapter(manifest.key, Path(manifest.path))
+        self._folders.setdefault(manifest.key, Path(manifest.path))
         return manifest.key
 
     # Generation ---------------------------------------------------------------------------------

@@ -129,6 +129,22 @@ def test_lru_eviction(engine, make_random_adapter):
             engine.unload_adapter(key)
 
 
+def test_naming_an_adapter_loads_it_only_when_its_request_runs(engine, make_random_adapter):
+    """A caller's ensure() must not load (and so evict) anything: only the decoding side changes residency."""
+    from adapters.manifest import Manifest
+
+    manifest = Manifest(name="lazy", version=1, path=str(make_random_adapter(seed=23)))
+    loads = len(engine.adapter_load_seconds)
+    key = engine.ensure(manifest)
+    try:
+        assert key == manifest.key and key not in engine.resident_adapters
+        assert len(engine.adapter_load_seconds) == loads
+        assert engine.generate(PROMPTS[0], key, greedy(engine, 4)).completion_tokens > 0
+        assert key in engine.resident_adapters and len(engine.adapter_load_seconds) == loads + 1
+    finally:
+        engine.unload_adapter(key)
+
+
 def test_concurrent_callers_get_their_own_adapter(engine, two_adapters):
     options = greedy(engine, 12)
     jobs = [(PROMPTS[i % 2], two_adapters[i % 2]) for i in range(6)]
