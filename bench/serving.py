@@ -203,22 +203,26 @@ def main() -> None:
 def measure_round(
     runtime: Runtime, url: str, served: list[str], tail: list[str], generator: LoadGenerator, args
 ) -> dict[str, Load]:
-    """Every load once, back to back, so the ratios of one round compare loads measured minutes apart at most."""
+    """Every load once, back to back; the loads each ratio compares against C=8 run next to it."""
     config = runtime.settings.scheduler
     load = lambda label, clients, models: generator.measure(  # noqa: E731
         url, label, clients, models, args.seconds, args.tokens, args.warmup
     )
+    spread = RoundRobin(tuple(served))
     loads: dict[str, Load] = {}
     config.batching = False  # the baseline: the same server deciding one request at a time
-    loads["baseline"] = load("one at a time (batching off)", 8, RoundRobin(tuple(served)))
+    loads["baseline"] = load("one at a time (batching off)", 8, spread)
     config.batching = True
-    for clients in CLIENTS:
-        loads[f"C={clients}"] = load(f"batched, {SERVED} adapters", clients, RoundRobin(tuple(served)))
+    loads["C=1"] = load(f"batched, {SERVED} adapters", 1, spread)
     loads["bare"] = load("batched, bare base (no adapter)", 8, RoundRobin(("base",)))
+    loads["C=8"] = load(f"batched, {SERVED} adapters", 8, spread)
     loads["single"] = load("batched, 1 adapter", 8, RoundRobin(tuple(served[:1])))
     resident = runtime.settings.max_resident_adapters
     with enabled(runtime, tail):
         loads["zipf"] = load(f"batched, {REGISTERED} adapters zipf, {resident} resident", 8, Zipf((*served, *tail)))
+    for clients in CLIENTS:  # the rest of the throughput and latency curve
+        if f"C={clients}" not in loads:
+            loads[f"C={clients}"] = load(f"batched, {SERVED} adapters", clients, spread)
     return loads
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ from bot.errors import BusyError, InvalidRequestError
 from bot.sampling import penalize_repeats
 from bot.scheduler import Scheduler
 from bot.settings import SchedulerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -229,6 +234,15 @@ def test_callers_in_many_threads(engine, adapters, make_scheduler):
     for i, (prompt, adapter) in enumerate(jobs):
         assert_greedy(engine, prompt, adapter, results[i], opts.repetition_penalty)
     assert len({results[i].text for i in range(4)}) == 4
+
+
+def test_a_serving_process_keeps_its_main_thread_small_and_the_gil_turns_short():
+    code = (
+        "import sys, torch; from bot.cores import GIL_SWITCH_SECONDS, reserve_for_workers; reserve_for_workers(); "
+        "print(torch.get_num_threads(), sys.getswitchinterval() == GIL_SWITCH_SECONDS < 0.005)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.split() == ["1", "True"], done.stderr[-1000:]
 
 
 def test_the_decoding_thread_takes_the_configured_cores(make_scheduler, engine):
