@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -91,6 +91,7 @@ class Zipf:
 
     names: tuple[str, ...]
     seed: int = 0
+    draws: list[str] = field(init=False, repr=False)  # 100,000 draws, indexed by client and turn
 
     def __post_init__(self) -> None:
         weights = [1 / (rank + 1) ** ZIPF_S for rank in range(len(self.names))]
@@ -98,6 +99,9 @@ class Zipf:
 
     def __call__(self, index: int, turn: int) -> str:
         return self.draws[(index * 7919 + turn) % len(self.draws)]
+
+
+Traffic = RoundRobin | Zipf  # which adapter (model name) client ``index`` asks for on its ``turn``-th request
 
 
 # ---- clients ------------------------------------------------------------------------------------
@@ -127,7 +131,9 @@ def chat(client: httpx.Client, model: str, prompt: str, tokens: int) -> Request:
     return Request(started, first or finished, finished, generated)
 
 
-def closed_loop(url: str, label: str, clients: int, models, seconds: float, tokens: int, warmup: float) -> Load:
+def closed_loop(
+    url: str, label: str, clients: int, models: Traffic, seconds: float, tokens: int, warmup: float
+) -> Load:
     """``clients`` users, each sending its next request as soon as the last one finished, for ``seconds``."""
     records: list[Request] = []
     lock = threading.Lock()
@@ -173,7 +179,9 @@ class LoadGenerator:
             text=True,
         )
 
-    def measure(self, url: str, label: str, clients: int, models, seconds: float, tokens: int, warmup: float) -> Load:
+    def measure(
+        self, url: str, label: str, clients: int, models: Traffic, seconds: float, tokens: int, warmup: float
+    ) -> Load:
         traffic = {"kind": type(models).__name__, "names": list(models.names)}
         order = {"url": url, "label": label, "clients": clients, "traffic": traffic}
         order.update(seconds=seconds, tokens=tokens, warmup=warmup)

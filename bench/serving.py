@@ -109,7 +109,7 @@ def start_server(runtime: Runtime):
     return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
-# ---- the clients ---------------------------------------------------------------------------------
+# ---- a cold adapter ------------------------------------------------------------------------------
 
 
 def cold_start(runtime: Runtime, url: str, names: list[str], tokens: int, rounds: int) -> tuple[float, float]:
