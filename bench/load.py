@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import httpx
@@ -91,11 +92,12 @@ class Zipf:
 
     names: tuple[str, ...]
     seed: int = 0
-    draws: list[str] = field(init=False, repr=False)  # 100,000 draws, indexed by client and turn
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def draws(self) -> list[str]:
+        """100,000 draws, indexed by client and turn; made where the clients run, not where the order is sent."""
         weights = [1 / (rank + 1) ** ZIPF_S for rank in range(len(self.names))]
-        object.__setattr__(self, "draws", random.Random(self.seed).choices(self.names, weights, k=100_000))
+        return random.Random(self.seed).choices(self.names, weights, k=100_000)
 
     def __call__(self, index: int, turn: int) -> str:
         return self.draws[(index * 7919 + turn) % len(self.draws)]
@@ -164,7 +166,7 @@ def closed_loop(
     return Load(label, clients, records, (start + warmup, stop_at))
 
 
-TRAFFIC = {"RoundRobin": RoundRobin, "Zipf": Zipf}
+TRAFFIC = {kind.__name__: kind for kind in (RoundRobin, Zipf)}
 
 
 class LoadGenerator:
