@@ -21,6 +21,7 @@ import torch
 from adapters.manifest import BaseFingerprint
 from adapters.validation import generic_module_name
 from bot.errors import ConfigError
+from bot.output_layer import use_onednn_output_layer
 from bot.settings import PACKAGED_BASE_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def load_base(settings: Settings) -> LoadedBase:
     except OSError as exc:
         raise ConfigError(f"cannot load base model '{settings.base_model}': {exc}") from exc
     model.eval()
+    use_onednn_output_layer(model)
     tokenizer = load_tokenizer(source)
     return LoadedBase(
         model=model,

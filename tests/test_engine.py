@@ -47,6 +47,28 @@ def test_base_is_4bit_and_footprint_reported(engine):
     assert 0 < engine.base.footprint_bytes < 0.35 * 538_000_000
 
 
+def test_the_cpu_output_layer_runs_through_onednn_on_the_tied_weight(engine):
+    from bot.output_layer import OneDNNLinear, onednn_usable
+
+    if not onednn_usable():
+        pytest.skip("this torch build has no oneDNN")
+    model = engine.model
+    head = model.get_output_embeddings()
+    assert isinstance(head, OneDNNLinear)
+    assert head.weight is model.get_input_embeddings().weight  # still tied: no second copy of the vocabulary
+    hidden = torch.randn(8, 1, head.in_features)
+    with torch.inference_mode():
+        fast = head(hidden)
+        reference = torch.nn.functional.linear(hidden, head.weight)
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-4)
+    assert torch.equal(fast.argmax(-1), reference.argmax(-1))
+    with torch.enable_grad():  # training backpropagates through the output layer: the ordinary path
+        hidden.requires_grad_(True)
+        head(hidden).sum().backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+
+
 def test_adapter_changes_answer_and_base_unchanged(engine, two_adapters):
     options = greedy(engine)
     base_before = engine.generate(PROMPTS[0], None, options).text
