@@ -1,7 +1,9 @@
 """The running batch of iteration-level (continuous) batching.
 
 Rows join between decoding steps and leave as soon as they finish. A joining
-group is prefilled in its own forward pass; its KV cache is then merged into
+group is prefilled in its own forward pass, which starts from the cached keys
+and values of each row's system prompt (:mod:`bot.prefix_cache`) and computes
+only the rest of its prompt; its KV cache is then merged into
 the running one: both are left-padded to a common length (the padding is
 masked out) and concatenated along the batch axis. A finished row is dropped by
 index-selecting the batch axis of every layer, and cache columns that no
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bot.decoding import DecodeRow
+from bot.prefix_cache import Layers
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -28,6 +31,16 @@ def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
         return tensor
     pads = [0, 0] * (tensor.dim() - 1 - dim) + [missing, 0]
     return F.pad(tensor, pads)
+
+
+def _stack_prefixes(prefixes: list[Layers | None], width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the rows' prefix keys and values left-padded to ``width`` columns (a row without one: all padding)."""
+    template = next(layers for layers in prefixes if layers is not None)
+    blank = [(keys[:, :, :0], values[:, :, :0]) for keys, values in template]
+    return [
+        tuple(torch.cat([_left_pad((layers or blank)[layer][j], width, 2) for layers in prefixes]) for j in (0, 1))
+        for layer in range(len(template))
+    ]
 
 
 class Batch:
@@ -56,8 +69,6 @@ class Batch:
     @torch.inference_mode()
     def admit(self, rows: list[DecodeRow]) -> list[DecodeRow]:
         """Prefill ``rows``, choose their first tokens and merge them in; returns the rows already finished."""
-        from transformers import DynamicCache
-
         if not rows:
             return []
         engine = self.engine
@@ -65,15 +76,8 @@ class Batch:
         engine.activate(adapters)
         engine.hold(adapters)
         try:
-            width = max(len(row.prompt_ids) for row in rows)
-            ids = torch.full((len(rows), width), engine.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-                mask[i, width - len(row.prompt_ids) :] = 1
-            ids, mask = ids.to(engine.device), mask.to(engine.device)
-            cache = DynamicCache()
-            out = engine.forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache, adapters)
+            cache, ids, mask, positions = self._prefill_inputs(rows, [engine.prefix_layers(row) for row in rows])
+            out = engine.forward(ids, mask, positions, cache, adapters)
             last = self._choose(rows, out.logits[:, -1, :])
         except BaseException:
             engine.release(adapters)
@@ -85,6 +89,29 @@ class Batch:
             self._merge(cache, mask, positions, last)
         self.rows.extend(rows)
         return self.retire()
+
+    def _prefill_inputs(self, rows: list[DecodeRow], prefixes: list[Layers | None]) -> tuple:
+        """The pass's cache, input ids, attention mask and position ids: cached prefixes, then the prompts' rest.
+
+        Row ``i`` attends over ``[pad, its prefix, pad, the rest of its prompt]``: the prefixes fill the
+        cache's first columns (all padding for a row without one) and the rest of each prompt is the input.
+        """
+        from transformers import DynamicCache
+
+        engine = self.engine
+        lengths = [0 if layers is None else layers[0][0].shape[2] for layers in prefixes]
+        width = max(len(row.prompt_ids) - length for row, length in zip(rows, lengths))
+        cached = max(lengths)
+        ids = torch.full((len(rows), width), engine.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), cached + width), dtype=torch.long)
+        for i, (row, length) in enumerate(zip(rows, lengths)):
+            rest = row.prompt_ids[length:]
+            ids[i, width - len(rest) :] = torch.tensor(rest)
+            mask[i, cached - length : cached] = 1
+            mask[i, cached + width - len(rest) :] = 1
+        cache = DynamicCache(_stack_prefixes(prefixes, cached)) if cached else DynamicCache()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
+        return cache, ids.to(engine.device), mask.to(engine.device), positions.to(engine.device)
 
     def _merge(self, cache, mask: torch.Tensor, positions: torch.Tensor, last: torch.Tensor) -> None:
         from transformers import DynamicCache

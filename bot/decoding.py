@@ -42,9 +42,11 @@ class DecodeRow:
         tokenizer,
         eos_ids: set[int],
         device: torch.device,
+        prefix_length: int = 0,
     ) -> None:
         self.request = request
         self.prompt_ids = prompt_ids
+        self.prefix_length = prefix_length  # leading prompt tokens whose keys and values may come from a cache
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.sampler = RowSampler(request.options, device)

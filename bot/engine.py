@@ -13,6 +13,7 @@ scheduler (:mod:`bot.scheduler`) feeds continuously.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -29,6 +30,7 @@ from bot.batch import Batch
 from bot.decoding import DecodeRow, Generation, GenerationRequest
 from bot.errors import InvalidAdapterError, InvalidRequestError
 from bot.lora import AdapterSlots
+from bot.prefix_cache import Layers, PrefixCache
 from bot.sampling import GenerationOptions
 from bot.settings import Settings
 
@@ -52,6 +54,8 @@ class Engine:
         self.lock = threading.RLock()
         self.eos_ids = self._eos_ids()
         self.adapter_load_seconds: list[float] = []
+        self.prefixes = PrefixCache(settings.prefix_cache_entries) if settings.prefix_cache_entries else None
+        self._system_ids = functools.lru_cache(maxsize=256)(self._render_system)
         log.info(
             "Base model %s loaded in %.1fs (%s, %.0f MB)",
             settings.base_model,
@@ -104,6 +108,8 @@ class Engine:
         """Forget an adapter; while rows still decode with it, it is dropped when the last one finishes."""
         with self.lock:
             self._folders.pop(key, None)
+            if self.prefixes is not None:
+                self.prefixes.drop(key)
             if not self._held[key]:
                 self._drop(key)
 
@@ -186,7 +192,43 @@ class Engine:
             )
         if request.options.max_new_tokens > budget:
             request.options = request.options.model_copy(update={"max_new_tokens": budget})
-        return DecodeRow(request, prompt_ids, self.tokenizer, self.eos_ids, self.device)
+        prefix = self._system_prefix_length(request.messages, prompt_ids)
+        return DecodeRow(request, prompt_ids, self.tokenizer, self.eos_ids, self.device, prefix_length=prefix)
+
+    def _render_system(self, content: str) -> tuple[int, ...]:
+        text = self.tokenizer.apply_chat_template([{"role": "system", "content": content}], tokenize=False)
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _system_prefix_length(self, messages: list[dict], prompt_ids: list[int]) -> int:
+        """How many leading prompt tokens render the system message alone (0: none, or no clean boundary)."""
+        from jinja2 import TemplateError
+
+        first = messages[0]
+        if self.prefixes is None or first.get("role") != "system" or not isinstance(first.get("content"), str):
+            return 0
+        try:
+            ids = self._system_ids(first["content"])
+        except TemplateError:  # a template that renders no system message on its own
+            return 0
+        if len(ids) >= len(prompt_ids) or tuple(prompt_ids[: len(ids)]) != ids:
+            return 0
+        return len(ids)
+
+    def prefix_layers(self, row: DecodeRow) -> Layers | None:
+        """The keys and values of a row's system prefix, from the cache or computed now in a pass of their own."""
+        if self.prefixes is None or not row.prefix_length:
+            return None
+        from transformers import DynamicCache
+
+        adapter, ids = row.request.adapter, tuple(row.prompt_ids[: row.prefix_length])
+        layers = self.prefixes.get(adapter, ids)
+        if layers is None:
+            tokens = torch.tensor([ids], device=self.device)
+            cache = DynamicCache()
+            self.forward(tokens, torch.ones_like(tokens), torch.arange(len(ids), device=self.device)[None], cache, [adapter])
+            layers = [(keys, values) for keys, values, _ in cache]
+            self.prefixes.put(adapter, ids, layers)
+        return layers
 
     def forward(
         self, input_ids, attention_mask, position_ids, cache, adapters: list[str | None], logits_to_keep: int = 1

@@ -112,6 +112,48 @@ def test_rows_joining_and_leaving_a_running_batch_match_their_solo_output(engine
     assert first.first_token_at < min(t.started_at for t in later)
 
 
+def with_system(system: str, prompt: list[dict]) -> list[dict]:
+    return [{"role": "system", "content": system}, *prompt]
+
+
+def test_rows_prefill_after_their_cached_system_prompt_and_match_a_full_pass(engine, adapters, make_scheduler):
+    captain, french = "Answer as a ship's captain would, in one sentence.", "Reply in French."
+    jobs = [
+        (with_system(captain, PROMPTS[0]), adapters[0]),
+        (with_system(captain, PROMPTS[1]), adapters[0]),  # same system prompt and adapter: the same cached prefix
+        (with_system(captain, PROMPTS[2]), None),  # the base computes other keys and values: a prefix of its own
+        (with_system(french, PROMPTS[3]), adapters[1]),
+        (PROMPTS[3], None),  # no system prompt: prefilled in full, in the same pass as the others
+    ]
+    cache = engine.prefixes
+    entries, hits, misses = len(cache), cache.hits, cache.misses
+    scheduler = make_scheduler(max_batch_size=8)
+    tickets = [scheduler.submit(GenerationRequest(messages, adapter, options(engine, 12))) for messages, adapter in jobs]
+    results = [ticket.result() for ticket in tickets]
+
+    for (messages, adapter), result in zip(jobs, results):  # each checked against one pass over its whole prompt
+        assert_greedy(engine, messages, adapter, result, 1.2)
+    assert (len(cache) - entries, cache.misses - misses, cache.hits - hits) == (3, 3, 1)
+    assert [engine.prepare(GenerationRequest(m, a, options(engine, 1))).prefix_length > 0 for m, a in jobs] == [
+        True, True, True, True, False
+    ]
+    # Cold or warm, a prefix gives the same answer: a new system prompt, asked twice alone.
+    fresh = with_system("Answer in the voice of a librarian.", PROMPTS[1])
+    cold, warm = (engine.generate(fresh, adapters[2], options(engine, 12)) for _ in range(2))
+    assert cold.token_ids == warm.token_ids
+    assert cache.hits - hits == 2
+
+
+def test_unloading_an_adapter_forgets_its_cached_prefixes(engine, make_random_adapter):
+    engine.load_adapter("prefix_owner__v1", make_random_adapter(seed=44))
+    cache = engine.prefixes
+    before = len(cache)
+    engine.generate(with_system("Be terse.", PROMPTS[0]), "prefix_owner__v1", options(engine, 2))
+    assert len(cache) == before + 1
+    engine.unload_adapter("prefix_owner__v1")
+    assert len(cache) == before
+
+
 def test_per_row_options_in_one_batch(engine, make_scheduler):
     scheduler = make_scheduler(max_batch_size=6)
     sampled = options(engine, 10, temperature=1.0, top_p=0.9, seed=7)

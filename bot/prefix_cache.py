@@ -1,0 +1,58 @@
+"""Key/value caches of system prompts, per adapter, so a request prefills only what follows its system prompt.
+
+Every request to an assistant starts with the same system block (its system
+prompt, and the grounding rules when sources are given), rendered by the chat
+template into the same tokens. Their keys and values depend only on those
+tokens and on the adapter (its LoRA changes the key and value projections), so
+they are computed once, in a pass of their own, and reused: the first request
+and every later one read the same cached tensors, and a greedy answer does not
+depend on whether the cache was warm. (vLLM's automatic prefix caching and
+SGLang's radix cache generalise this to any shared prefix.)
+
+Entries are few and small (SmolLM2: 30 layers x 2 x 3 heads x 64 x 4 bytes,
+46 KB per token) and the least recently used is dropped past ``capacity``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, (1, heads, tokens, head_dim)
+
+
+class PrefixCache:
+    """LRU map from (adapter key, prefix token ids) to the prefix's keys and values in every layer."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str | None, tuple[int, ...]], Layers] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, adapter: str | None, ids: tuple[int, ...]) -> Layers | None:
+        layers = self._entries.get((adapter, ids))
+        if layers is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end((adapter, ids))
+        return layers
+
+    def put(self, adapter: str | None, ids: tuple[int, ...], layers: Layers) -> None:
+        self._entries[(adapter, ids)] = layers
+        self._entries.move_to_end((adapter, ids))
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def drop(self, adapter: str | None) -> None:
+        """Forget an adapter's prefixes (it was unloaded: its key will not be asked for again)."""
+        for key in [k for k in self._entries if k[0] == adapter]:
+            del self._entries[key]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layers in self._entries.values() for pair in layers for t in pair)
