@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 
 from adapters.manifest import BaseFingerprint, Manifest
 from bot.base_model import LoadedBase, fingerprint_of, load_base
@@ -201,8 +202,6 @@ class Engine:
 
     def _system_prefix_length(self, messages: list[dict], prompt_ids: list[int]) -> int:
         """How many leading prompt tokens render the system message alone (0: none, or no clean boundary)."""
-        from jinja2 import TemplateError
-
         first = messages[0]
         if self.prefixes is None or first.get("role") != "system" or not isinstance(first.get("content"), str):
             return 0
