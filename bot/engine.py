@@ -55,7 +55,7 @@ class Engine:
         self.lock = threading.RLock()
         self.eos_ids = self._eos_ids()
         self.adapter_load_seconds: list[float] = []
-        self.prefixes = PrefixCache(settings.prefix_cache_entries) if settings.prefix_cache_entries else None
+        self.prefixes = PrefixCache(settings.prefix_cache_mb * 2**20) if settings.prefix_cache_mb else None
         self._system_ids = functools.lru_cache(maxsize=256)(self._render_system)
         log.info(
             "Base model %s loaded in %.1fs (%s, %.0f MB)",

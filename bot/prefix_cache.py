@@ -9,8 +9,10 @@ and every later one read the same cached tensors, and a greedy answer does not
 depend on whether the cache was warm. (vLLM's automatic prefix caching and
 SGLang's radix cache generalise this to any shared prefix.)
 
-Entries are few and small (SmolLM2: 30 layers x 2 x 3 heads x 64 x 4 bytes,
-46 KB per token) and the least recently used is dropped past ``capacity``.
+An entry costs 46 KB a token on SmolLM2 (30 layers x 2 x 3 heads x 64 x 4
+bytes; a 7B model in bfloat16 about 130 KB): a 60-token system block is 2.8 MB.
+The least recently used entries are dropped once the entries together pass
+``max_bytes``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ Layers = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, 
 class PrefixCache:
     """LRU map from (adapter key, prefix token ids) to the prefix's keys and values in every layer."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[str | None, tuple[int, ...]], Layers] = OrderedDict()
+        self._bytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -43,16 +46,31 @@ class PrefixCache:
         self._entries.move_to_end((adapter, ids))
         return layers
 
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
     def put(self, adapter: str | None, ids: tuple[int, ...], layers: Layers) -> None:
+        """Keep an entry (one larger than ``max_bytes`` is not kept), dropping the least recently used past the budget."""
+        size = _size(layers)
+        self._remove((adapter, ids))
+        if size > self.max_bytes:
+            return
         self._entries[(adapter, ids)] = layers
-        self._entries.move_to_end((adapter, ids))
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._remove(next(iter(self._entries)))
 
     def drop(self, adapter: str | None) -> None:
         """Forget an adapter's prefixes (it was unloaded: its key will not be asked for again)."""
         for key in [k for k in self._entries if k[0] == adapter]:
-            del self._entries[key]
+            self._remove(key)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layers in self._entries.values() for pair in layers for t in pair)
+    def _remove(self, key: tuple[str | None, tuple[int, ...]]) -> None:
+        layers = self._entries.pop(key, None)
+        if layers is not None:
+            self._bytes -= _size(layers)
+
+
+def _size(layers: Layers) -> int:
+    return sum(t.numel() * t.element_size() for pair in layers for t in pair)

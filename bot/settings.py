@@ -98,11 +98,11 @@ class Settings(Section):
         "float32, and the update is still computed in the compute dtype.",
     )
     max_resident_adapters: int = Field(8, ge=1, le=1024, description="Adapters kept loaded; LRU ones are unloaded.")
-    prefix_cache_entries: int = Field(
+    prefix_cache_mb: int = Field(
         64,
         ge=0,
-        description="System prompts whose keys and values are kept, per adapter, so a request prefills only the "
-        "tokens after its system prompt; 0 turns the cache off.",
+        description="Memory for the keys and values of system prompts, kept per adapter so a request prefills only "
+        "the tokens after its system prompt (least recently used dropped first); 0 turns the cache off.",
     )
     max_adapter_bytes: int = Field(500_000_000, ge=1, description="Largest adapter weights file accepted.")
     embedding_model: str = Field(
