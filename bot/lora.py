@@ -142,31 +142,40 @@ class AdapterSlots:
         return list(self.slots)
 
     def load(self, key: str, folder: Path) -> None:
-        """Copy an adapter's factors into a free slot (growing the slot tensors if none is free)."""
+        """Copy an adapter's factors into a free slot (growing the slot tensors if none is free).
+
+        Every shape is checked before the slot is touched. The write then covers the whole slot, so
+        nothing of the adapter that held it before survives: factors where this adapter has them
+        (converted and scaled in the copy), zeros in the layers and rank rows where it has none.
+        An evicted adapter's reload is this copy and nothing more (no separate clearing pass).
+        """
         config, factors = read_adapter(Path(folder))
-        modules = {module for module, _ in factors}
-        layers = {module: self._layer(module) for module in sorted(modules)}
-        rank = max(t.shape[0] for (_, factor), t in factors.items() if factor == "A")
-        slot = next((s for s in range(self.capacity) if s not in self.slots.values()), self.capacity)
-        self._resize(max(self.capacity, slot + 1), max(self.rank, rank))
-        self._clear(slot)
-        for module, layer in layers.items():
-            lora_a, lora_b = factors[(module, "A")], factors[(module, "B")]
-            r = lora_a.shape[0]
+        pairs = {module: (factors[(module, "A")], factors[(module, "B")]) for module, _ in factors}
+        for module, (lora_a, lora_b) in pairs.items():
+            layer, r = self._layer(module), lora_a.shape[0]
             if lora_a.shape != (r, layer.in_features) or lora_b.shape != (layer.out_features, r):
                 raise InvalidAdapterError(
                     f"{folder}: LoRA factors of {module} have shapes {list(lora_a.shape)} and {list(lora_b.shape)}, "
                     f"which do not fit its {layer.in_features}->{layer.out_features} layer"
                 )
-            layer.lora_A[slot, :r] = lora_a.to(layer.lora_A)
-            layer.lora_B[slot, :r] = (lora_b.t() * scaling(config, module, r)).to(layer.lora_B)
+        rank = max(lora_a.shape[0] for lora_a, _ in pairs.values())
+        slot = next((s for s in range(self.capacity) if s not in self.slots.values()), self.capacity)
+        self._resize(max(self.capacity, slot + 1), max(self.rank, rank))
+        for module, layer in self.layers.items():
+            lora_a, lora_b = pairs.get(module, (None, None))
+            r = 0 if lora_a is None else lora_a.shape[0]
+            if r:
+                layer.lora_A[slot, :r].copy_(lora_a)
+                layer.lora_B[slot, :r].copy_(lora_b.t() * scaling(config, module, r))
+            if r < self.rank:
+                layer.lora_A[slot, r:].zero_()
+                layer.lora_B[slot, r:].zero_()
         self.slots[key] = slot
         self.epoch += 1
 
     def unload(self, key: str) -> None:
-        slot = self.slots.pop(key, None)
-        if slot is not None:
-            self._clear(slot)
+        """Free the adapter's slot; its factors stay until the next load overwrites the whole slot."""
+        self.slots.pop(key, None)
 
     @contextmanager
     def assign(self, adapters: list[str | None]):
@@ -204,13 +213,6 @@ class AdapterSlots:
         for layer in self.layers.values():
             layer.resize(capacity, rank)
         self.capacity, self.rank = capacity, rank
-
-    def _clear(self, slot: int) -> None:
-        """Zero a slot in every layer: an adapter must not inherit another's factors in layers it does not target."""
-        self.epoch += 1
-        for layer in self.layers.values():
-            layer.lora_A[slot].zero_()
-            layer.lora_B[slot].zero_()
 
 
 def scaling(config: dict, module: str, rank: int) -> float:

@@ -82,6 +82,28 @@ def test_a_reused_slot_keeps_nothing_of_its_last_adapter(tiny, folders):
     assert torch.allclose(got, expected, atol=1e-6)
 
 
+def test_an_adapter_that_does_not_fit_is_refused_before_any_slot_changes(tiny, folders, tmp_path):
+    wider = tiny.config.__class__(**{**tiny.config.to_dict(), "hidden_size": 48})
+    misfit = make_random_adapter(wider, tmp_path / "misfit", seed=4, rank=2, targets=("q_proj", "v_proj"))
+    model = copy.deepcopy(tiny)
+    slots = AdapterSlots(model)
+    ids = torch.randint(0, 96, (1, 5))
+    with torch.no_grad():
+        slots.load("wide", folders["wide"])
+        slots.unload("wide")  # its slot is free: the refused adapter would take it
+        slots.load("other", folders["other"])
+        with slots.assign(["other"]):
+            before = logits(model, ids)
+        factors = [(layer.lora_A.clone(), layer.lora_B.clone()) for layer in slots.layers.values()]
+        with pytest.raises(InvalidAdapterError, match="do not fit"):
+            slots.load("misfit", misfit)
+    assert slots.keys == ["other"]
+    for (lora_a, lora_b), layer in zip(factors, slots.layers.values()):
+        assert torch.equal(layer.lora_A, lora_a) and torch.equal(layer.lora_B, lora_b)
+    with slots.assign(["other"]):
+        assert torch.equal(logits(model, ids), before)
+
+
 def test_unsupported_adapters_are_refused_clearly(tiny, folders, tmp_path):
     import shutil
 
