@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from bot.decoding import DecodeRow
 from bot.prefix_cache import Layers
+from bot.sampling import choose_tokens
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -141,12 +142,12 @@ class Batch:
         return self.retire()
 
     def _choose(self, rows: list[DecodeRow], logits: torch.Tensor) -> torch.Tensor:
+        """Each row's next token (padding for a finished row), pushed to its stream; the tokens the next step feeds."""
         pad = self.engine.tokenizer.pad_token_id
-        tokens = []
-        for row, scores in zip(rows, logits):
-            token = pad if row.done else row.choose(scores)
+        chosen = choose_tokens(logits, [row.sampler for row in rows], [row.generated for row in rows])
+        tokens = [pad if row.done else token for row, token in zip(rows, chosen)]
+        for row, token in zip(rows, tokens):
             row.push(token)
-            tokens.append(token)
         return torch.tensor(tokens, dtype=torch.long, device=self.engine.device)
 
     def retire(self) -> list[DecodeRow]:

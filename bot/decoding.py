@@ -54,14 +54,10 @@ class DecodeRow:
         self.text = ""
         self.released = 0
         self.finish_reason: str | None = None
-        self._generated = torch.zeros(0, dtype=torch.long, device=device)  # what the repetition penalty counts
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
-
-    def choose(self, logits: torch.Tensor) -> int:
-        return self.sampler(logits, self._generated)
 
     def push(self, token: int) -> None:
         """Append a chosen token, update the text, and stream what is settled."""
@@ -72,7 +68,6 @@ class DecodeRow:
             self.finish_reason = "stop"
         else:
             self.generated.append(token)
-            self._generated = torch.cat([self._generated, self._generated.new_tensor([token])])
             self.text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
             cut = min((i for i in (self.text.find(s) for s in options.stop if s) if i >= 0), default=-1)
             if cut >= 0:

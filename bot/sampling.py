@@ -31,7 +31,7 @@ class GenerationOptions(BaseModel):
 
 
 class RowSampler:
-    """Chooses the next token of one row; holds the row's random generator."""
+    """Draws one row's token when it samples; holds the row's random generator (None: the row decodes greedily)."""
 
     def __init__(self, options: GenerationOptions, device: torch.device) -> None:
         self.options = options
@@ -40,11 +40,8 @@ class RowSampler:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(options.seed if options.seed is not None else torch.seed())
 
-    def __call__(self, logits: torch.Tensor, generated: torch.Tensor) -> int:
-        """``logits`` is this row's (vocab,) scores; ``generated`` the ids of its answer so far."""
-        logits = penalize_repeats(logits.float(), generated, self.options.repetition_penalty)
-        if self.generator is None:
-            return int(torch.argmax(logits))
+    def sample(self, logits: torch.Tensor) -> int:
+        """A token drawn from this row's (vocab,) scores, already penalized, at its temperature and top-p."""
         probs = torch.softmax(logits / self.options.temperature, dim=-1)
         if self.options.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
@@ -53,6 +50,31 @@ class RowSampler:
             choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
             return int(order[choice])
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def choose_tokens(logits: torch.Tensor, samplers: list[RowSampler], answers: list[list[int]]) -> list[int]:
+    """The next token of every row of a step, from its (rows, vocab) scores and each row's answer so far.
+
+    The whole batch takes one repetition-penalty pass per penalty value in use and one argmax, instead
+    of a few small operations per row: on a CPU, per-row work is what makes a wide step cost more
+    than a narrow one. A row's scores go through the same arithmetic whatever else is in the batch,
+    so its greedy choice is the one it makes alone.
+    """
+    logits = logits.float()
+    for penalty in {s.options.repetition_penalty for s in samplers} - {1.0}:
+        rows = [i for i, (s, a) in enumerate(zip(samplers, answers)) if s.options.repetition_penalty == penalty and a]
+        if not rows:
+            continue
+        width = max(len(answers[i]) for i in rows)
+        # Rows are padded with a repeat of their own first token: scattering the same value twice is harmless.
+        seen = torch.tensor([answers[i] + answers[i][:1] * (width - len(answers[i])) for i in rows], device=logits.device)
+        if len(rows) == len(samplers):
+            logits = penalize_repeats(logits, seen, penalty)
+        else:
+            index = torch.tensor(rows, device=logits.device)
+            logits = logits.index_copy(0, index, penalize_repeats(logits.index_select(0, index), seen, penalty))
+    greedy = logits.argmax(dim=-1).tolist()
+    return [greedy[i] if s.generator is None else s.sample(logits[i]) for i, s in enumerate(samplers)]
 
 
 def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

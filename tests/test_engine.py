@@ -9,7 +9,7 @@ import torch
 
 from bot.decoding import GenerationRequest
 from bot.errors import InvalidRequestError
-from bot.sampling import penalize_repeats
+from bot.sampling import GenerationOptions, RowSampler, choose_tokens, penalize_repeats
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -238,3 +238,26 @@ def test_the_repetition_penalty_counts_the_answer_not_the_prompt(engine):
     assert penalised.token_ids == plain.token_ids  # nothing generated yet: nothing to penalise
     logits = torch.tensor([2.0, 1.0, -1.0])
     assert penalize_repeats(logits, torch.tensor([0, 2]), 2.0).tolist() == [1.0, 1.0, -2.0]
+
+
+def test_a_batch_chooses_each_rows_token_as_that_row_would_alone():
+    """One penalty pass and one argmax for the batch; each row still gets its own history, penalty and seed."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    answers = [[3, 7, 7, 9], [], [11], [3, 20, 21, 22, 23, 24]]
+    options = [
+        GenerationOptions(repetition_penalty=1.3),
+        GenerationOptions(repetition_penalty=1.3),
+        GenerationOptions(repetition_penalty=2.0),
+        GenerationOptions(repetition_penalty=1.3, temperature=0.8, seed=5),
+    ]
+    for i in (0, 2):  # make each row's best token one it already said, so a missing penalty shows
+        logits[i, answers[i][-1]] = logits[i].max() + 0.1
+    batched = choose_tokens(logits, [RowSampler(o, torch.device("cpu")) for o in options], answers)
+    alone = []
+    for row, (opts, answer) in enumerate(zip(options, answers)):
+        scores = penalize_repeats(logits[row], torch.tensor(answer, dtype=torch.long), opts.repetition_penalty)
+        sampler = RowSampler(opts, torch.device("cpu"))
+        alone.append(int(scores.argmax()) if sampler.generator is None else sampler.sample(scores))
+    assert batched == alone
+    assert batched[0] != int(logits[0].argmax()) and batched[2] != int(logits[2].argmax())
