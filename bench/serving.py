@@ -1,6 +1,6 @@
 """Serving under load: concurrent chats across adapters over HTTP, batched vs one at a time.
 
-    .venv/bin/python bench/serving.py [--rounds 3] [--seconds 10] [--tokens 32] [--plot artifacts/serving.png]
+    .venv/bin/python bench/serving.py [--rounds 5] [--seconds 10] [--tokens 32] [--plot artifacts/serving.png]
 
 A live server (API and UI, as ``switchboard serve`` runs it) on a temporary
 home, with random-weight adapters shaped like the ones ``switchboard train``
@@ -14,9 +14,11 @@ its edge counts pro rata) and latencies over the requests that started in it.
 Every figure is a ratio to a baseline measured in the same run, on the same
 server: the scheduler with batching off (one request at a time), the bare
 base, one adapter, four registered adapters, a resident adapter. The loads
-run in rounds, each round every load once; a ratio is taken within a round
-and the median over rounds is reported with each round's value, so a slow
-minute on a shared machine moves one round, not the verdict.
+run in rounds, each round every load once and every other round in reverse
+order (so a machine whose speed drifts does not favour the loads that come
+first); a ratio is taken within a round and the median over rounds is reported
+with each round's value, so a slow minute on a shared machine moves one round,
+not the verdict.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def plot(path: Path, rounds: list[dict[str, Load]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="Measured window of each load.")
-    parser.add_argument("--rounds", type=int, default=3, help="Times every load is measured; ratios are medians.")
+    parser.add_argument("--rounds", type=int, default=5, help="Times every load is measured; ratios are medians.")
     parser.add_argument("--warmup", type=float, default=2.0, help="Seconds of each load before the window opens.")
     parser.add_argument("--tokens", type=int, default=32, help="Tokens generated per request.")
     parser.add_argument("--cold-rounds", type=int, default=5, help="Cold/warm request pairs for the cold-adapter cost.")
@@ -201,29 +203,39 @@ def main() -> None:
 
 
 def measure_round(
-    runtime: Runtime, url: str, served: list[str], tail: list[str], generator: LoadGenerator, args
+    runtime: Runtime, url: str, served: list[str], tail: list[str], generator: LoadGenerator, args, reverse: bool
 ) -> dict[str, Load]:
-    """Every load once, back to back; the loads each ratio compares against C=8 run next to it."""
+    """Every load once, back to back (in reverse order when ``reverse``); C=8 sits next to most loads it is compared with."""
     config = runtime.settings.scheduler
     load = lambda label, clients, models: generator.measure(  # noqa: E731
         url, label, clients, models, args.seconds, args.tokens, args.warmup
     )
     spread = RoundRobin(tuple(served))
-    loads: dict[str, Load] = {}
-    config.batching = False  # the baseline: the same server deciding one request at a time
-    loads["baseline"] = load("one at a time (batching off)", 8, spread)
-    config.batching = True
-    loads["C=1"] = load(f"batched, {SERVED} adapters", 1, spread)
-    loads["bare"] = load("batched, bare base (no adapter)", 8, RoundRobin(("base",)))
-    loads["C=8"] = load(f"batched, {SERVED} adapters", 8, spread)
-    loads["single"] = load("batched, 1 adapter", 8, RoundRobin(tuple(served[:1])))
     resident = runtime.settings.max_resident_adapters
-    with enabled(runtime, tail):
-        loads["zipf"] = load(f"batched, {REGISTERED} adapters zipf, {resident} resident", 8, Zipf((*served, *tail)))
+
+    def one_at_a_time() -> Load:  # the baseline: the same server deciding one request at a time
+        config.batching = False
+        try:
+            return load("one at a time (batching off)", 8, spread)
+        finally:
+            config.batching = True
+
+    def many_adapters() -> Load:
+        with enabled(runtime, tail):
+            return load(f"batched, {REGISTERED} adapters zipf, {resident} resident", 8, Zipf((*served, *tail)))
+
+    loads = {
+        "baseline": one_at_a_time,
+        "C=1": lambda: load(f"batched, {SERVED} adapters", 1, spread),
+        "bare": lambda: load("batched, bare base (no adapter)", 8, RoundRobin(("base",))),
+        "C=8": lambda: load(f"batched, {SERVED} adapters", 8, spread),
+        "single": lambda: load("batched, 1 adapter", 8, RoundRobin(tuple(served[:1]))),
+        "zipf": many_adapters,
+    }
     for clients in CLIENTS:  # the rest of the throughput and latency curve
-        if f"C={clients}" not in loads:
-            loads[f"C={clients}"] = load(f"batched, {SERVED} adapters", clients, spread)
-    return loads
+        loads.setdefault(f"C={clients}", lambda clients=clients: load(f"batched, {SERVED} adapters", clients, spread))
+    order = list(loads)[::-1] if reverse else list(loads)
+    return {key: loads[key]() for key in order}
 
 
 def ratios(loads: dict[str, Load]) -> list[tuple[str, float, str, float]]:
@@ -258,7 +270,7 @@ def run(runtime: Runtime, url: str, served: list[str], tail: list[str], args) ->
     generator = LoadGenerator()
     try:
         for number in range(1, args.rounds + 1):
-            rounds.append(measure_round(runtime, url, served, tail, generator, args))
+            rounds.append(measure_round(runtime, url, served, tail, generator, args, reverse=number % 2 == 0))
             for load in rounds[-1].values():
                 print_row(number, load)
     finally:
