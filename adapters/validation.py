@@ -1,9 +1,7 @@
 """Checks an adapter folder must pass before the registry accepts it.
 
-Only JSON and safetensors files are read: pickle weights are refused by
-name and never opened, and no model is loaded. Every factor must be finite:
-serving multiplies all resident adapters' factors by a 0/1 row mask, so one
-infinite value would turn other adapters' rows into NaN.
+Only JSON and safetensors headers are read: pickle weights are refused by
+name and never opened, and no model is loaded.
 """
 
 from __future__ import annotations
@@ -63,17 +61,6 @@ def _read_shapes(path: Path) -> dict[str, list[int]]:
             return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except Exception as exc:  # safetensors raises several unrelated types for a damaged file
         raise InvalidAdapterError(f"{path.name}: unreadable safetensors ({exc})") from exc
-
-
-def _check_finite(path: Path) -> None:
-    import torch
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            tensor = handle.get_tensor(key)
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise InvalidAdapterError(f"{path.name}: tensor {key} holds NaN or infinite values")
 
 
 def _check_targets(config: dict, fingerprint: BaseFingerprint) -> list[str]:
@@ -145,7 +132,6 @@ def validate_adapter(folder: Path, fingerprint: BaseFingerprint | None, limits: 
     shapes = _read_shapes(weights)
     if not shapes:
         raise InvalidAdapterError(f"{WEIGHTS_FILE}: holds no tensors")
-    _check_finite(weights)
     targets = list(config.get("target_modules") or [])
     if fingerprint is not None:
         targets = _check_targets(config, fingerprint)

@@ -135,6 +135,7 @@ class AdapterSlots:
         self.capacity = 0
         self.rank = 0
         self.epoch = 0  # bumped whenever a slot's factors change: widened copies of an older epoch are stale
+        self._finite: set[Path] = set()  # folders whose factors were checked (a reload skips the check)
         self.assignment: SlotAssignment | None = None
 
     @property
@@ -150,6 +151,7 @@ class AdapterSlots:
         An evicted adapter's reload is this copy and nothing more (no separate clearing pass).
         """
         config, factors = read_adapter(Path(folder))
+        self._check_finite(Path(folder), factors)
         pairs = {module: (factors[(module, "A")], factors[(module, "B")]) for module, _ in factors}
         for module, (lora_a, lora_b) in pairs.items():
             layer, r = self._layer(module), lora_a.shape[0]
@@ -172,6 +174,17 @@ class AdapterSlots:
                 layer.lora_B[slot, r:].zero_()
         self.slots[key] = slot
         self.epoch += 1
+
+    def _check_finite(self, folder: Path, factors: dict[tuple[str, str], torch.Tensor]) -> None:
+        """Refuse NaN or infinite factors: the 0/1 row mask multiplies every slot in a pass's span, and
+        0 x inf is NaN, so one such value would corrupt other adapters' rows. Checked once per folder
+        (about 2 ms in one pass over all factors); a version's folder does not change."""
+        if folder in self._finite:
+            return
+        if not bool(torch.isfinite(torch.cat([t.reshape(-1).float() for t in factors.values()])).all()):
+            bad = next(f"{module}.lora_{factor}" for (module, factor), t in factors.items() if not torch.isfinite(t).all())
+            raise InvalidAdapterError(f"{folder}: the LoRA factors of {bad} hold NaN or infinite values")
+        self._finite.add(folder)
 
     def unload(self, key: str) -> None:
         """Free the adapter's slot; its factors stay until the next load overwrites the whole slot."""

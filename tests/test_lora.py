@@ -104,6 +104,30 @@ def test_an_adapter_that_does_not_fit_is_refused_before_any_slot_changes(tiny, f
         assert torch.equal(logits(model, ids), before)
 
 
+def test_an_adapter_with_an_infinite_factor_is_refused_and_other_rows_stay_finite(tiny, folders, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "infinite"
+    shutil.copytree(folders["other"], broken)
+    weights = broken / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(n for n in sorted(tensors) if "lora_B" in n)
+    tensors[name][0, 0] = float("inf")
+    save_file(tensors, str(weights))
+    model = copy.deepcopy(tiny)
+    slots = AdapterSlots(model)
+    with torch.no_grad():
+        slots.load("wide", folders["wide"])
+        with pytest.raises(InvalidAdapterError, match="NaN or infinite"):
+            slots.load("infinite", broken)
+        slots.load("narrow", folders["narrow"])
+    assert slots.keys == ["wide", "narrow"]
+    with slots.assign(["wide", None, "narrow"]):
+        assert torch.isfinite(logits(model, torch.randint(0, 96, (3, 5)))).all()
+
+
 def test_unsupported_adapters_are_refused_clearly(tiny, folders, tmp_path):
     import shutil
 

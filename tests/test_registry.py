@@ -93,16 +93,6 @@ def _corrupt_weights(folder: Path) -> None:
     (folder / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
 
 
-def _infinite_factor(folder: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    path = folder / "adapter_model.safetensors"
-    tensors = load_file(str(path))
-    name = sorted(tensors)[0]
-    tensors[name][0, 0] = float("inf")
-    save_file(tensors, str(path))
-
-
 def _edit_config(**changes):
     def edit(folder: Path) -> None:
         path = folder / "adapter_config.json"
@@ -119,7 +109,6 @@ BAD_ADAPTERS = {
     "pickle weights": (_pickle_weights, "adapter_model.bin: pickle weights are refused"),
     "pickle beside": (_extra_pickle, "optimizer.pt: pickle weights are refused"),
     "unreadable safetensors": (_corrupt_weights, "unreadable safetensors"),
-    "infinite factor": (_infinite_factor, "holds NaN or infinite values"),
     "unknown target": (_edit_config(target_modules=["q_proj", "conv_in"]), "['conv_in'] do not exist"),
     "rank too large": (_edit_config(r=4096), "outside 1..256"),
     "rank zero": (_edit_config(r=0), "outside 1..256"),
