@@ -81,6 +81,17 @@ def test_bad_feedback_is_refused_and_changes_nothing(tmp_path):
     assert list(log.turns(rating="up")) == [] and list(log.turns(rating="down")) == []
 
 
+def test_a_refused_write_leaves_the_log_writable(tmp_path):
+    log = ConversationLog(tmp_path / "c.db")
+    ids = log_one(log)
+    with pytest.raises(NotFoundError):  # refused inside the write transaction, which is rolled back
+        log.add_feedback("msg_nope", "up")
+    log.add_feedback(ids.message_id, "up")
+    later = log_one(log, "next", "answer", conversation_id=ids.conversation_id)
+    assert [t.message_id for t in log.turns(rating="up")] == [ids.message_id]
+    assert later.message_id in {t.message_id for t in log.turns()}
+
+
 def test_date_range_filters(tmp_path):
     log = ConversationLog(tmp_path / "c.db")
     log_one(log, "old")
