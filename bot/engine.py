@@ -56,7 +56,7 @@ class Engine:
         self.eos_ids = self._eos_ids()
         self.adapter_load_seconds: list[float] = []
         self.prefixes = PrefixCache(settings.prefix_cache_mb * 2**20) if settings.prefix_cache_mb else None
-        self._system_ids = functools.lru_cache(maxsize=256)(self._render_system)
+        self._heads = functools.lru_cache(maxsize=256)(self._render_head)
         log.info(
             "Base model %s loaded in %.1fs (%s, %.0f MB)",
             settings.base_model,
@@ -196,18 +196,25 @@ class Engine:
         prefix = self._system_prefix_length(request.messages, prompt_ids)
         return DecodeRow(request, prompt_ids, self.tokenizer, self.eos_ids, self.device, prefix_length=prefix)
 
-    def _render_system(self, content: str) -> tuple[int, ...]:
-        text = self.tokenizer.apply_chat_template([{"role": "system", "content": content}], tokenize=False)
-        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _render_head(self, system: str | None) -> tuple[int, ...]:
+        """The tokens every prompt with this system message (None: without one) starts with, whatever the
+        conversation: the template's system block (its own default one when there is no system message)
+        and the header of the first user turn. Found as what two renderings that differ only in the user's
+        text share, so it needs to know nothing of the template's markup."""
+        system_message = [] if system is None else [{"role": "system", "content": system}]
+        first, second = (self.render([*system_message, {"role": "user", "content": text}]) for text in ("A", "B"))
+        shared = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+        return tuple(first[:shared])
 
     def _system_prefix_length(self, messages: list[dict], prompt_ids: list[int]) -> int:
-        """How many leading prompt tokens render the system message alone (0: none, or no clean boundary)."""
+        """How many leading prompt tokens are its head (:meth:`_render_head`); 0 when they are not cached."""
         first = messages[0]
-        if self.prefixes is None or first.get("role") != "system" or not isinstance(first.get("content"), str):
+        system = first.get("content") if first.get("role") == "system" else None
+        if self.prefixes is None or not isinstance(system, str | None):
             return 0
         try:
-            ids = self._system_ids(first["content"])
-        except TemplateError:  # a template that renders no system message on its own
+            ids = self._heads(system)
+        except TemplateError:  # a template that refuses a system message
             return 0
         if len(ids) >= len(prompt_ids) or tuple(prompt_ids[: len(ids)]) != ids:
             return 0

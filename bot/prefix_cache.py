@@ -1,8 +1,9 @@
 """Key/value caches of system prompts, per adapter, so a request prefills only what follows its system prompt.
 
-Every request to an assistant starts with the same system block (its system
-prompt, and the grounding rules when sources are given), rendered by the chat
-template into the same tokens. Their keys and values depend only on those
+Every request to an assistant starts with the same tokens: the chat template's
+system block (the assistant's system prompt and the grounding rules when
+sources are given, or the template's own default system message when there is
+none) and the header of the user's turn. Their keys and values depend only on those
 tokens and on the adapter (its LoRA changes the key and value projections), so
 they are computed once, in a pass of their own, and reused: the first request
 and every later one read the same cached tensors, and a greedy answer does not

@@ -10,6 +10,7 @@ import torch
 from bot.decoding import GenerationRequest
 from bot.errors import InvalidRequestError
 from bot.sampling import GenerationOptions, RowSampler, choose_tokens, penalize_repeats
+from greedy import assert_greedy
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -77,42 +78,25 @@ def test_adapter_changes_answer_and_base_unchanged(engine, two_adapters):
     assert engine.generate(PROMPTS[0], None, options).text == base_before
 
 
-def penalised_logits(engine, prompt, adapter, prefix, penalty):
-    """The logits a greedy row saw after ``prefix``, with the repetition penalty applied as the sampler does."""
-    ids = engine.render(prompt) + list(prefix)
-    input_ids = torch.tensor([ids])
-    mask = torch.ones_like(input_ids)
-    with torch.inference_mode():
-        from transformers import DynamicCache
-
-        logits = engine.forward(input_ids, mask, mask.cumsum(-1) - 1, DynamicCache(), [adapter]).logits[0, -1].float()
-    return penalize_repeats(logits, torch.tensor(list(prefix), dtype=torch.long), penalty)
-
-
 def test_mixed_batch_equals_each_row_alone(engine, two_adapters):
     """Greedy rows of a mixed batch reproduce the rows generated alone.
 
     Batched and single 4-bit matrix products accumulate in a different order
     on the CPU; through 30 layers that moves a logit by up to a few hundredths,
-    so two candidates that tie that closely may be ordered either way. Any
-    divergence must be such a near-tie; a row given the wrong adapter differs
-    by whole logits (the random adapters here move them by several).
+    so two candidates that tie that closely may be ordered either way, and a row
+    that took the other one goes on from a different text. So every token of
+    every batched row must be the greedy choice of one pass over its own text
+    alone, up to such a tie; a row given the wrong adapter differs by whole
+    logits (the random adapters here move them by several).
     """
     adapters = [two_adapters[0], None, two_adapters[1], two_adapters[0]]
     options = greedy(engine, 20)
     alone = [engine.generate(p, a, options) for p, a in zip(PROMPTS, adapters)]
     batch = engine.generate_batch([GenerationRequest(p, a, options) for p, a in zip(PROMPTS, adapters)])
     assert len({g.text for g in alone}) == len(alone)
-    identical = 0
-    for prompt, adapter, solo, mixed in zip(PROMPTS, adapters, alone, batch):
-        if solo.token_ids == mixed.token_ids:
-            identical += 1
-            continue
-        step = next(i for i, (x, y) in enumerate(zip(solo.token_ids, mixed.token_ids)) if x != y)
-        logits = penalised_logits(engine, prompt, adapter, solo.token_ids[:step], options.repetition_penalty)
-        gap = abs(float(logits[solo.token_ids[step]] - logits[mixed.token_ids[step]]))
-        assert gap < 0.1, f"row diverged at token {step} with a score gap of {gap:.4f}: not a rounding tie"
-    assert identical >= len(alone) - 1
+    for prompt, adapter, mixed in zip(PROMPTS, adapters, batch):
+        assert_greedy(engine, prompt, adapter, mixed, options.repetition_penalty)
+    assert sum(solo.token_ids == mixed.token_ids for solo, mixed in zip(alone, batch)) >= 2  # most rows match exactly
 
 
 def test_hot_load_unload_switch_keeps_base(engine, make_random_adapter):
