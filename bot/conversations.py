@@ -153,7 +153,6 @@ class ConversationLog:
             db.close()
             self._writer = None
 
-
     # --- writing ---
 
     def log_turn(

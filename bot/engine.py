@@ -207,7 +207,8 @@ class Engine:
         return tuple(first[:shared])
 
     def _system_prefix_length(self, messages: list[dict], prompt_ids: list[int]) -> int:
-        """How many leading prompt tokens are its head (:meth:`_render_head`); 0 when they are not cached."""
+        """How many leading prompt tokens are its cacheable head (:meth:`_render_head`); 0 without a prefix
+        cache, or when the prompt does not start with that head."""
         first = messages[0]
         system = first.get("content") if first.get("role") == "system" else None
         if self.prefixes is None or not isinstance(system, str | None):
