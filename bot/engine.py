@@ -193,7 +193,7 @@ class Engine:
             )
         if request.options.max_new_tokens > budget:
             request.options = request.options.model_copy(update={"max_new_tokens": budget})
-        prefix = self._system_prefix_length(request.messages, prompt_ids)
+        prefix = self._head_length(request.messages, prompt_ids)
         return DecodeRow(request, prompt_ids, self.tokenizer, self.eos_ids, self.device, prefix_length=prefix)
 
     def _render_head(self, system: str | None) -> tuple[int, ...]:
@@ -206,7 +206,7 @@ class Engine:
         shared = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
         return tuple(first[:shared])
 
-    def _system_prefix_length(self, messages: list[dict], prompt_ids: list[int]) -> int:
+    def _head_length(self, messages: list[dict], prompt_ids: list[int]) -> int:
         """How many leading prompt tokens are its cacheable head (:meth:`_render_head`); 0 without a prefix
         cache, or when the prompt does not start with that head."""
         first = messages[0]
