@@ -7,7 +7,10 @@ that holds the factors of every resident adapter: ``A`` of shape
 folded into ``B`` and smaller ranks zero-padded. A pass computes, for all rows
 at once, ``x @ A`` over the slots the batch uses, keeps each row's own slot
 with a 0/1 mask shared by every layer, and adds the product with ``B``: two
-matrix products per layer however many adapters the batch mixes. (PEFT's
+matrix products per layer however many adapters the batch mixes. Their cost is
+the factors' bytes, so a pass reads only the slots its rows use, gathered once
+per batch composition, not every resident adapter nor the run of slots between
+the first and the last one used. (PEFT's
 ``adapter_names`` path runs a gather and a product pair per adapter per layer,
 which on a CPU costs more than the 4-bit base itself.) Loading an adapter copies
 its tensors into a free slot; nothing is allocated per request.
@@ -46,11 +49,11 @@ class SlotLinear(nn.Module):
         storage = {"dtype": owner.storage_dtype, "device": owner.device}
         self.register_buffer("lora_A", torch.zeros(0, 0, self.in_features, **storage))
         self.register_buffer("lora_B", torch.zeros(0, 0, self.out_features, **storage))
-        # The running batch's slot span widened to the compute dtype (when storage is narrower), kept between
-        # decoding steps: counted with the buffers, rebuilt when the span or any slot changes.
-        self.register_buffer("widened_A", torch.zeros(0, 0), persistent=False)
-        self.register_buffer("widened_B", torch.zeros(0, 0), persistent=False)
-        self._widened_key: tuple | None = None
+        # The slots the running batch uses, gathered side by side in the compute dtype: kept between decoding
+        # steps, counted with the buffers, rebuilt when the batch's slots or any slot's factors change.
+        self.register_buffer("active_A", torch.zeros(0, 0), persistent=False)
+        self.register_buffer("active_B", torch.zeros(0, 0), persistent=False)
+        self._active_key: tuple | None = None
         self._views()
 
     def _views(self) -> None:
@@ -75,37 +78,38 @@ class SlotLinear(nn.Module):
         assignment = self.owner.assignment
         if assignment is None:
             return out
-        dtype = out.dtype
-        lora_a, lora_b = self._span(*assignment.columns, dtype)
-        down = torch.mm(x.reshape(-1, self.in_features).to(dtype), lora_a)
+        lora_a, lora_b = self._factors(assignment.slots, out.dtype)
+        down = torch.mm(x.reshape(-1, self.in_features).to(out.dtype), lora_a)
         down.mul_(assignment.mask_for(down.shape[0]))
         out = out.contiguous()
         out.view(-1, self.out_features).addmm_(down, lora_b)
         return out
 
-    def _span(self, low: int, high: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The factors of the slot columns ``low:high`` in ``dtype``: views, or the widened copies of this span."""
-        if self.lora_A.dtype == dtype:
+    def _factors(self, slots: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors of ``slots`` side by side in ``dtype``: views of a run of stored slots, else a gathered copy."""
+        rank = self.lora_A.shape[1]
+        low, high = slots[0] * rank, (slots[-1] + 1) * rank
+        if self.lora_A.dtype == dtype and high - low == len(slots) * rank:
             return self.down[:, low:high], self.up[low:high]
-        key = (low, high, dtype, self.owner.epoch)
-        if self._widened_key != key:  # checked first: a decoding step's passes reuse the span of the one before
-            self.widened_A, self.widened_B = self.down[:, low:high].to(dtype), self.up[low:high].to(dtype)
-            self._widened_key = key
-        return self.widened_A, self.widened_B
+        key = (slots, dtype, self.owner.epoch)
+        if self._active_key != key:  # checked first: a decoding step's passes reuse the slots of the one before
+            index = torch.tensor(slots, device=self.lora_A.device)
+            self.active_A = self.lora_A[index].view(-1, self.in_features).t().to(dtype)
+            self.active_B = self.lora_B[index].view(-1, self.out_features).to(dtype)
+            self._active_key = key
+        return self.active_A, self.active_B
 
 
 class SlotAssignment:
-    """Which slot each row of one forward pass uses, as the slot span and the 0/1 mask the layers apply."""
+    """Which slot each row of one forward pass uses, as the slots used (ascending) and the 0/1 mask the layers apply."""
 
     def __init__(self, slots: list[int | None], rank: int, device: torch.device, dtype: torch.dtype) -> None:
-        used = [s for s in slots if s is not None]
-        first, last = min(used), max(used)
-        self.columns = (first * rank, (last + 1) * rank)  # only the slots from the first to the last one used
-        mask = torch.zeros(len(slots), self.columns[1] - self.columns[0], dtype=dtype)
+        self.slots = tuple(sorted({s for s in slots if s is not None}))
+        position = {slot: i for i, slot in enumerate(self.slots)}
+        mask = torch.zeros(len(slots), len(self.slots) * rank, dtype=dtype)
         for row, slot in enumerate(slots):
             if slot is not None:
-                start = (slot - first) * rank
-                mask[row, start : start + rank] = 1
+                mask[row, position[slot] * rank : (position[slot] + 1) * rank] = 1
         self.mask = mask.to(device)
         self._expanded: dict[int, torch.Tensor] = {}
 
@@ -134,7 +138,7 @@ class AdapterSlots:
         self.slots: dict[str, int] = {}  # adapter key -> slot
         self.capacity = 0
         self.rank = 0
-        self.epoch = 0  # bumped whenever a slot's factors change: widened copies of an older epoch are stale
+        self.epoch = 0  # bumped whenever a slot's factors change: gathered copies of an older epoch are stale
         self._finite: set[Path] = set()  # folders whose factors were checked (a reload skips the check)
         self.assignment: SlotAssignment | None = None
 
@@ -176,7 +180,7 @@ class AdapterSlots:
         self.epoch += 1
 
     def _check_finite(self, folder: Path, factors: dict[tuple[str, str], torch.Tensor]) -> None:
-        """Refuse NaN or infinite factors: the 0/1 row mask multiplies every slot in a pass's span, and
+        """Refuse NaN or infinite factors: the 0/1 row mask multiplies every slot a pass uses, and
         0 x inf is NaN, so one such value would corrupt other adapters' rows. Checked once per folder
         (about 2 ms in one pass over all factors); a version's folder does not change."""
         if folder in self._finite:

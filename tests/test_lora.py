@@ -64,6 +64,28 @@ def test_mixed_rows_match_peft(tiny, folders):
     assert torch.equal(logits(model, ids), logits(tiny, ids))  # outside an assignment: the base, exactly
 
 
+def test_a_pass_reads_only_the_slots_its_rows_use(tiny, folders):
+    """Rows on slots 0 and 2 of three: the pass gathers those two, skips the one between, and matches PEFT."""
+    from peft import PeftModel
+
+    peft = PeftModel.from_pretrained(copy.deepcopy(tiny), str(folders["wide"]), adapter_name="wide")
+    peft.load_adapter(str(folders["narrow"]), adapter_name="narrow")
+    peft.eval()
+    model = copy.deepcopy(tiny)
+    slots = AdapterSlots(model)
+    with torch.no_grad():
+        for name in ("wide", "other", "narrow"):
+            slots.load(name, folders[name])
+    assert [slots.slots[n] for n in ("wide", "other", "narrow")] == [0, 1, 2]
+    ids = torch.randint(0, 96, (3, 6))
+    rows = ["narrow", None, "wide"]
+    with slots.assign(rows):
+        got = logits(model, ids)
+    assert torch.allclose(got, logits(peft, ids, adapter_names=[r or "__base__" for r in rows]), atol=1e-5)
+    q_proj = slots.layers["model.layers.0.self_attn.q_proj"]
+    assert q_proj.active_A.shape[1] == q_proj.active_B.shape[0] == 2 * slots.rank  # two slots, not three
+
+
 def test_a_reused_slot_keeps_nothing_of_its_last_adapter(tiny, folders):
     model = copy.deepcopy(tiny)
     slots = AdapterSlots(model)
@@ -160,8 +182,8 @@ def test_bfloat16_slots_hold_an_adapter_in_half_the_bytes_and_compute_nearly_wha
     assert torch.allclose(got, expected, atol=2e-2) and (got - expected).abs().max() < 1e-2 * expected.abs().max()
 
 
-def test_widened_bfloat16_factors_follow_a_slot_that_changes_adapter(tiny, folders):
-    """The running span's widened copy is reused between passes, never after its slot took another adapter."""
+def test_gathered_bfloat16_factors_follow_a_slot_that_changes_adapter(tiny, folders):
+    """The running batch's gathered, widened copy is reused between passes, never after its slot took another adapter."""
     slots = AdapterSlots(copy.deepcopy(tiny), storage_dtype=torch.bfloat16)
     fresh = AdapterSlots(copy.deepcopy(tiny), storage_dtype=torch.bfloat16)
     ids = torch.randint(0, 96, (2, 5))
@@ -170,10 +192,10 @@ def test_widened_bfloat16_factors_follow_a_slot_that_changes_adapter(tiny, folde
         fresh.load("other", folders["other"])
     with slots.assign(["wide", "wide"]):
         first = logits(slots.model, ids)
-        assert torch.equal(logits(slots.model, ids), first)  # the second pass reuses the widened copy
+        assert torch.equal(logits(slots.model, ids), first)  # the second pass reuses the gathered copy
     with torch.no_grad():
         slots.unload("wide")
-        slots.load("other", folders["other"])  # the same slot and column span, other factors
+        slots.load("other", folders["other"])  # the same slot, other factors
     with slots.assign(["other", "other"]):
         got = logits(slots.model, ids)
     with fresh.assign(["other", "other"]):
