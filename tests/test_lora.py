@@ -38,17 +38,22 @@ def folders(tiny, tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="module")
+def peft_mixed(tiny, folders):
+    """PEFT's own mixed-adapter model, the reference: ``wide`` and ``narrow`` loaded, rows chosen by ``adapter_names``."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(copy.deepcopy(tiny), str(folders["wide"]), adapter_name="wide")
+    model.load_adapter(str(folders["narrow"]), adapter_name="narrow")
+    return model.eval()
+
+
 def logits(model, ids, **kwargs) -> torch.Tensor:
     with torch.inference_mode():
         return model(input_ids=ids, **kwargs).logits
 
 
-def test_mixed_rows_match_peft(tiny, folders):
-    from peft import PeftModel
-
-    peft = PeftModel.from_pretrained(copy.deepcopy(tiny), str(folders["wide"]), adapter_name="wide")
-    peft.load_adapter(str(folders["narrow"]), adapter_name="narrow")
-    peft.eval()
+def test_mixed_rows_match_peft(tiny, folders, peft_mixed):
     model = copy.deepcopy(tiny)
     slots = AdapterSlots(model)
     with torch.no_grad():
@@ -56,7 +61,7 @@ def test_mixed_rows_match_peft(tiny, folders):
         slots.load("narrow", folders["narrow"])
     ids = torch.randint(0, 96, (4, 9))
     rows = ["narrow", None, "wide", "narrow"]
-    expected = logits(peft, ids, adapter_names=[r or "__base__" for r in rows])
+    expected = logits(peft_mixed, ids, adapter_names=[r or "__base__" for r in rows])
     with slots.assign(rows):
         got = logits(model, ids)
     assert torch.allclose(got, expected, atol=1e-5)
@@ -64,13 +69,8 @@ def test_mixed_rows_match_peft(tiny, folders):
     assert torch.equal(logits(model, ids), logits(tiny, ids))  # outside an assignment: the base, exactly
 
 
-def test_a_pass_reads_only_the_slots_its_rows_use(tiny, folders):
+def test_a_pass_reads_only_the_slots_its_rows_use(tiny, folders, peft_mixed):
     """Rows on slots 0 and 2 of three: the pass gathers those two, skips the one between, and matches PEFT."""
-    from peft import PeftModel
-
-    peft = PeftModel.from_pretrained(copy.deepcopy(tiny), str(folders["wide"]), adapter_name="wide")
-    peft.load_adapter(str(folders["narrow"]), adapter_name="narrow")
-    peft.eval()
     model = copy.deepcopy(tiny)
     slots = AdapterSlots(model)
     with torch.no_grad():
@@ -81,7 +81,7 @@ def test_a_pass_reads_only_the_slots_its_rows_use(tiny, folders):
     rows = ["narrow", None, "wide"]
     with slots.assign(rows):
         got = logits(model, ids)
-    assert torch.allclose(got, logits(peft, ids, adapter_names=[r or "__base__" for r in rows]), atol=1e-5)
+    assert torch.allclose(got, logits(peft_mixed, ids, adapter_names=[r or "__base__" for r in rows]), atol=1e-5)
     q_proj = slots.layers["model.layers.0.self_attn.q_proj"]
     assert q_proj.active_A.shape[1] == q_proj.active_B.shape[0] == 2 * slots.rank  # two slots, not three
 
