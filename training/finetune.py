@@ -267,6 +267,9 @@ def finetune(
     (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2), encoding="utf-8")
 
     # Setup: our own base instance, the marked template, LoRA, the trainer.
+    import transformers
+
+    transformers.set_seed(recipe.seed)  # before the LoRA factors are initialised, which draw from the global generator
     base = load_training_base(settings, recipe)
     tokenizer = base.tokenizer
     tokenizer.chat_template = training_template(tokenizer)
@@ -277,9 +280,6 @@ def finetune(
     callbacks = [run.callback]
     if held_out and recipe.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.early_stopping_patience))
-    import transformers
-
-    transformers.set_seed(recipe.seed)
     trainer = SFTTrainer(
         model=model,
         args=args,
