@@ -280,7 +280,8 @@ def run(runtime: Runtime, url: str, served: list[str], tail: list[str], args) ->
     reloads = runtime.engine.adapter_load_seconds
     print(
         f"\ncold adapter: TTFT {cold_ttft * 1000:.0f} ms vs {warm_ttft * 1000:.0f} ms resident "
-        f"(adapter loads this run: {len(reloads)}, median {statistics.median(reloads) * 1000:.0f} ms)"
+        f"(adapter loads this run: {len(reloads)}, median {statistics.median(reloads) * 1000:.0f} ms; "
+        f"slot gathers: {runtime.engine.slot_gathers})"
     )
 
     per_round = [ratios(loads) for loads in rounds]

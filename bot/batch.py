@@ -78,7 +78,7 @@ class Batch:
         engine.hold(adapters)
         try:
             cache, ids, mask, positions = self._prefill_inputs(rows, [engine.prefix_layers(row) for row in rows])
-            out = engine.forward(ids, mask, positions, cache, adapters)
+            out = engine.forward(ids, mask, positions, cache, adapters, also=self.adapters)
             last = self._choose(rows, out.logits[:, -1, :])
         except BaseException:
             engine.release(adapters)

@@ -81,6 +81,11 @@ class Engine:
         with self.lock:
             return list(self._resident)
 
+    @property
+    def slot_gathers(self) -> int:
+        """How many times the adapter slots a pass uses were gathered anew (see :meth:`AdapterSlots._gather`)."""
+        return self._slots.gathers
+
     def memory_bytes(self) -> int:
         """Bytes of every parameter and buffer now held: the base plus each resident adapter."""
         model = self.model
@@ -238,10 +243,20 @@ class Engine:
         return layers
 
     def forward(
-        self, input_ids, attention_mask, position_ids, cache, adapters: list[str | None], logits_to_keep: int = 1
+        self,
+        input_ids,
+        attention_mask,
+        position_ids,
+        cache,
+        adapters: list[str | None],
+        logits_to_keep: int = 1,
+        also: list[str | None] = (),
     ):
-        """One pass in which each row uses its own adapter; logits of the last ``logits_to_keep`` positions (0: all)."""
-        with self.lock, self._slots.assign(adapters):  # the slot assignment is shared by all layers: one pass at a time
+        """One pass in which each row uses its own adapter; logits of the last ``logits_to_keep`` positions (0: all).
+
+        ``also``: adapters of rows the next passes carry besides these (see :meth:`AdapterSlots.assign`).
+        """
+        with self.lock, self._slots.assign(adapters, also):  # the assignment is shared by all layers: one pass at a time
             return self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

@@ -8,12 +8,18 @@ folded into ``B`` and smaller ranks zero-padded. A pass computes, for all rows
 at once, ``x @ A`` over the slots the batch uses, keeps each row's own slot
 with a 0/1 mask shared by every layer, and adds the product with ``B``: two
 matrix products per layer however many adapters the batch mixes. Their cost is
-the factors' bytes, so a pass reads only the slots its rows use, gathered once
-per batch composition, not every resident adapter nor the run of slots between
-the first and the last one used. (PEFT's
-``adapter_names`` path runs a gather and a product pair per adapter per layer,
-which on a CPU costs more than the 4-bit base itself.) Loading an adapter copies
-its tensors into a free slot; nothing is allocated per request.
+the factors' bytes, so a pass reads only the slots its rows use, not every
+resident adapter nor the run of slots between the first and the last one used.
+(PEFT's ``adapter_names`` path runs a gather and a product pair per adapter per
+layer, which on a CPU costs more than the 4-bit base itself.)
+
+The layers' factors are views into one :class:`SlotBank` per layer shape (all
+q_proj of a model, all gate_proj, ...), so the slots a batch uses are gathered,
+and widened to the compute dtype, in one copy per bank: a few ops, not two per
+layer. A gathered set is reused by every pass it covers (the surplus slots
+masked out), so prefills, closed-loop clients and rows that leave do not each
+cost a gather (:meth:`AdapterSlots._gather`). Loading an adapter copies its
+tensors into a free slot; nothing is allocated per request.
 
 Served adapters are plain LoRA on linear layers, which is what
 ``training.finetune`` produces; DoRA, LoRA on embeddings, trained biases and
@@ -46,78 +52,86 @@ class SlotLinear(nn.Module):
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
         self.owner = owner
-        storage = {"dtype": owner.storage_dtype, "device": owner.device}
-        self.register_buffer("lora_A", torch.zeros(0, 0, self.in_features, **storage))
-        self.register_buffer("lora_B", torch.zeros(0, 0, self.out_features, **storage))
-        # The slots the running batch uses, gathered side by side in the compute dtype: kept between decoding
-        # steps, counted with the buffers, rebuilt when the batch's slots or any slot's factors change.
-        self.register_buffer("active_A", torch.zeros(0, 0), persistent=False)
-        self.register_buffer("active_B", torch.zeros(0, 0), persistent=False)
-        self._active_key: tuple | None = None
-        self._views()
-
-    def _views(self) -> None:
-        """All slots side by side: ``down`` is (in, slots*rank), ``up`` is (slots*rank, out); a pass slices columns."""
-        self.down = self.lora_A.view(-1, self.in_features).t()
-        self.up = self.lora_B.view(-1, self.out_features)
-
-    def resize(self, slots: int, rank: int) -> None:
-        """Grow the slot tensors, keeping what they hold."""
-        old_slots, old_rank = self.lora_A.shape[:2]
-        if (slots, rank) == (old_slots, old_rank):
-            return
-        lora_a = self.lora_A.new_zeros(slots, rank, self.in_features)
-        lora_b = self.lora_B.new_zeros(slots, rank, self.out_features)
-        lora_a[:old_slots, :old_rank] = self.lora_A
-        lora_b[:old_slots, :old_rank] = self.lora_B
-        self.lora_A, self.lora_B = lora_a, lora_b
-        self._views()
+        # Views into this layer's block of its bank, set by SlotBank; buffers, so they count as the model's memory.
+        self.register_buffer("lora_A", torch.zeros(0, 0, self.in_features))
+        self.register_buffer("lora_B", torch.zeros(0, 0, self.out_features))
+        # The slots the running batch uses, side by side in the compute dtype: ``down`` (in, slots*rank) and
+        # ``up`` (slots*rank, out). Set by SlotBank.activate before a pass; a plain attribute, read on every call.
+        self.active: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         assignment = self.owner.assignment
         if assignment is None:
             return out
-        lora_a, lora_b = self._factors(assignment.slots, out.dtype)
-        down = torch.mm(x.reshape(-1, self.in_features).to(out.dtype), lora_a)
-        down.mul_(assignment.mask_for(down.shape[0]))
+        down, up = self.active
+        rows = x.reshape(-1, self.in_features)
+        product = torch.mm(rows if rows.dtype == down.dtype else rows.to(down.dtype), down)
+        product.mul_(assignment.mask_for(product.shape[0]))
         out = out.contiguous()
-        out.view(-1, self.out_features).addmm_(down, lora_b)
+        out.view(-1, self.out_features).addmm_(product, up)
         return out
 
-    def _factors(self, slots: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The factors of ``slots`` side by side in ``dtype``: views of a run of stored slots, else a gathered copy."""
-        rank = self.lora_A.shape[1]
-        low, high = slots[0] * rank, (slots[-1] + 1) * rank
-        if self.lora_A.dtype == dtype and high - low == len(slots) * rank:
-            return self.down[:, low:high], self.up[low:high]
-        key = (slots, dtype, self.owner.epoch)
-        if self._active_key != key:  # checked first: a decoding step's passes reuse the slots of the one before
-            index = torch.tensor(slots, device=self.lora_A.device)
-            self.active_A = self.lora_A[index].view(-1, self.in_features).t().to(dtype)
-            self.active_B = self.lora_B[index].view(-1, self.out_features).to(dtype)
-            self._active_key = key
-        return self.active_A, self.active_B
+
+class SlotBank:
+    """The slots of every adapted layer of one shape, stacked as ``A`` (layers, slots, rank, in) and ``B``
+    (layers, slots, rank, out): one gather serves all of them."""
+
+    def __init__(self, in_features: int, out_features: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.layers: list[SlotLinear] = []
+        self.A = torch.zeros(0, 0, 0, in_features, dtype=dtype, device=device)
+        self.B = torch.zeros(0, 0, 0, out_features, dtype=dtype, device=device)
+
+    def add(self, layer: SlotLinear) -> None:
+        self.layers.append(layer)
+        self._grow(len(self.layers), *self.A.shape[1:3])
+
+    def resize(self, slots: int, rank: int) -> None:
+        """Grow the slots and ranks of every layer, keeping what they hold."""
+        if (slots, rank) != tuple(self.A.shape[1:3]):
+            self._grow(len(self.layers), slots, rank)
+
+    def _grow(self, layers: int, slots: int, rank: int) -> None:
+        old_layers, old_slots, old_rank = self.A.shape[:3]
+        lora_a = self.A.new_zeros(layers, slots, rank, self.A.shape[3])
+        lora_b = self.B.new_zeros(layers, slots, rank, self.B.shape[3])
+        lora_a[:old_layers, :old_slots, :old_rank] = self.A
+        lora_b[:old_layers, :old_slots, :old_rank] = self.B
+        self.A, self.B = lora_a, lora_b
+        for i, layer in enumerate(self.layers):
+            layer.lora_A, layer.lora_B = lora_a[i], lora_b[i]
+
+    def activate(self, slots: tuple[int, ...], dtype: torch.dtype) -> None:
+        """Give every layer the factors of ``slots`` in ``dtype``: views of a run of stored slots, else a copy."""
+        if self.A.dtype == dtype and slots[-1] + 1 - slots[0] == len(slots):
+            lora_a, lora_b = self.A[:, slots[0] : slots[-1] + 1], self.B[:, slots[0] : slots[-1] + 1]
+        else:
+            index = torch.tensor(slots, device=self.A.device)
+            lora_a, lora_b = self.A.index_select(1, index).to(dtype), self.B.index_select(1, index).to(dtype)
+        for i, layer in enumerate(self.layers):
+            layer.active = (lora_a[i].view(-1, self.A.shape[3]).t(), lora_b[i].view(-1, self.B.shape[3]))
 
 
 class SlotAssignment:
-    """Which slot each row of one forward pass uses, as the slots used (ascending) and the 0/1 mask the layers apply."""
+    """Which slot each row of one forward pass uses, as the 0/1 mask over the gathered slots the layers apply."""
 
-    def __init__(self, slots: list[int | None], rank: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.slots = tuple(sorted({s for s in slots if s is not None}))
-        position = {slot: i for i, slot in enumerate(self.slots)}
-        mask = torch.zeros(len(slots), len(self.slots) * rank, dtype=dtype)
+    def __init__(
+        self, slots: list[int | None], gathered: tuple[int, ...], rank: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        position = {slot: i for i, slot in enumerate(gathered)}
+        mask = torch.zeros(len(slots), len(gathered) * rank, dtype=dtype)
         for row, slot in enumerate(slots):
             if slot is not None:
                 mask[row, position[slot] * rank : (position[slot] + 1) * rank] = 1
         self.mask = mask.to(device)
-        self._expanded: dict[int, torch.Tensor] = {}
+        self._expanded: dict[int, torch.Tensor] = {len(slots): self.mask}
 
     def mask_for(self, rows: int) -> torch.Tensor:
         """The mask for ``rows`` flattened (row, position) pairs: each row's mask repeated over its positions."""
-        if rows not in self._expanded:
-            self._expanded[rows] = self.mask.repeat_interleave(rows // self.mask.shape[0], dim=0)
-        return self._expanded[rows]
+        mask = self._expanded.get(rows)
+        if mask is None:
+            mask = self._expanded[rows] = self.mask.repeat_interleave(rows // self.mask.shape[0], dim=0)
+        return mask
 
 
 class AdapterSlots:
@@ -135,10 +149,16 @@ class AdapterSlots:
         self.storage_dtype = storage_dtype or self.dtype
         self.device = embeddings.device
         self.layers: dict[str, SlotLinear] = {}
+        self.banks: dict[tuple[int, int], SlotBank] = {}  # by (in, out) features
         self.slots: dict[str, int] = {}  # adapter key -> slot
         self.capacity = 0
         self.rank = 0
-        self.epoch = 0  # bumped whenever a slot's factors change: gathered copies of an older epoch are stale
+        self.epoch = 0  # bumped when layers or slot shapes change: every gathered copy is stale
+        self._versions: dict[int, int] = {}  # per slot, bumped when an adapter is copied into it
+        self._gathered: dict[int, int] = {}  # the slots the layers' factors now hold, with the versions they hold
+        self._gathered_epoch = -1
+        self._narrower = 0  # passes in a row that used fewer slots than are gathered
+        self.gathers = 0
         self._finite: set[Path] = set()  # folders whose factors were checked (a reload skips the check)
         self.assignment: SlotAssignment | None = None
 
@@ -177,7 +197,7 @@ class AdapterSlots:
                 layer.lora_A[slot, r:].zero_()
                 layer.lora_B[slot, r:].zero_()
         self.slots[key] = slot
-        self.epoch += 1
+        self._versions[slot] = self._versions.get(slot, 0) + 1
 
     def _check_finite(self, folder: Path, factors: dict[tuple[str, str], torch.Tensor]) -> None:
         """Refuse NaN or infinite factors: the 0/1 row mask multiplies every slot a pass uses, and
@@ -195,15 +215,50 @@ class AdapterSlots:
         self.slots.pop(key, None)
 
     @contextmanager
-    def assign(self, adapters: list[str | None]):
-        """Within this block, forward passes give row ``i`` the adapter ``adapters[i]`` (None: the base alone)."""
+    def assign(self, adapters: list[str | None], also: list[str | None] = ()):
+        """Within this block, forward passes give row ``i`` the adapter ``adapters[i]`` (None: the base alone).
+
+        ``also`` names adapters the next passes will carry besides these (a prefill's running batch), so
+        the slots gathered for this pass serve them too.
+        """
         slots = [None if a is None else self.slots[a] for a in adapters]
-        used = any(s is not None for s in slots)
-        self.assignment = SlotAssignment(slots, self.rank, self.device, self.dtype) if used else None
+        needed = {s for s in slots if s is not None}
+        self.assignment = None
+        if needed:
+            gathered = self._gather(needed | {self.slots[a] for a in also if a is not None})
+            self.assignment = SlotAssignment(slots, gathered, self.rank, self.device, self.dtype)
         try:
             yield
         finally:
             self.assignment = None
+
+    SHRINK_AFTER = 16
+
+    def _gather(self, needed: set[int]) -> tuple[int, ...]:
+        """The slots the layers' factors hold for the next pass, gathering them anew only when needed.
+
+        A gather copies every used slot of every layer (about 13 ms for SmolLM2 with four adapters),
+        while a slot gathered but unused costs each step a fraction of a millisecond. So a pass whose
+        slots the gathered set covers reuses it, the surplus masked out (a slot refilled since holds
+        finite factors times zero): the next request of a closed loop, a row that is prefilled while
+        others decode, the batch after a row left. Only after ``SHRINK_AFTER`` narrower passes in a row,
+        when the surplus has cost about one gather, are just the used slots gathered.
+        """
+        current = self._gathered
+        fresh = self._gathered_epoch == self.epoch and all(current.get(s) == self._versions[s] for s in needed)
+        if fresh and len(needed) == len(current):
+            self._narrower = 0
+            return tuple(current)
+        if fresh and self._narrower < self.SHRINK_AFTER:
+            self._narrower += 1
+            return tuple(current)
+        slots = tuple(sorted(needed))
+        for bank in self.banks.values():
+            bank.activate(slots, self.dtype)
+        self._gathered = {s: self._versions[s] for s in slots}
+        self._gathered_epoch, self._narrower = self.epoch, 0
+        self.gathers += 1
+        return slots
 
     def _layer(self, module: str) -> SlotLinear:
         """The slot layer wrapping ``module`` of the base, wrapping it on first use."""
@@ -218,17 +273,22 @@ class AdapterSlots:
         if not all(hasattr(base_layer, f) for f in ("in_features", "out_features")):
             raise InvalidAdapterError(f"the adapter targets {module}, which is not a linear layer")
         layer = SlotLinear(base_layer, self)
-        layer.resize(self.capacity, self.rank)
+        shape = (layer.in_features, layer.out_features)
+        if shape not in self.banks:
+            self.banks[shape] = SlotBank(*shape, dtype=self.storage_dtype, device=self.device)
+            self.banks[shape].resize(self.capacity, self.rank)
+        self.banks[shape].add(layer)
         setattr(parent, child_name, layer)
         self.layers[module] = layer
+        self.epoch += 1
         return layer
 
     def _resize(self, capacity: int, rank: int) -> None:
         if (capacity, rank) == (self.capacity, self.rank):
             return
         self.epoch += 1
-        for layer in self.layers.values():
-            layer.resize(capacity, rank)
+        for bank in self.banks.values():
+            bank.resize(capacity, rank)
         self.capacity, self.rank = capacity, rank
 
 

@@ -82,8 +82,8 @@ def test_a_pass_reads_only_the_slots_its_rows_use(tiny, folders, peft_mixed):
     with slots.assign(rows):
         got = logits(model, ids)
     assert torch.allclose(got, logits(peft_mixed, ids, adapter_names=[r or "__base__" for r in rows]), atol=1e-5)
-    q_proj = slots.layers["model.layers.0.self_attn.q_proj"]
-    assert q_proj.active_A.shape[1] == q_proj.active_B.shape[0] == 2 * slots.rank  # two slots, not three
+    down, up = slots.layers["model.layers.0.self_attn.q_proj"].active
+    assert down.shape[1] == up.shape[0] == 2 * slots.rank  # two slots, not three
 
 
 def test_a_reused_slot_keeps_nothing_of_its_last_adapter(tiny, folders):
@@ -201,3 +201,53 @@ def test_gathered_bfloat16_factors_follow_a_slot_that_changes_adapter(tiny, fold
     with fresh.assign(["other", "other"]):
         expected = logits(fresh.model, ids)
     assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, first, atol=1e-3)
+
+
+def test_passes_a_gathered_set_covers_reuse_it_and_compute_what_peft_does(tiny, folders, peft_mixed):
+    """A prefill gathers its rows' slots with the running batch's; narrower passes reuse that set until it shrinks."""
+    model = copy.deepcopy(tiny)
+    slots = AdapterSlots(model)
+    with torch.no_grad():
+        slots.load("wide", folders["wide"])
+        slots.load("narrow", folders["narrow"])
+    ids = torch.randint(0, 96, (2, 6))
+    with slots.assign(["narrow", None], also=["wide"]):  # a prefill while a "wide" row decodes
+        logits(model, ids)
+    assert slots.gathers == 1
+    q_proj = slots.layers["model.layers.0.self_attn.q_proj"]
+    gathered = q_proj.active
+    assert gathered[0].shape[1] == 2 * slots.rank  # both slots
+    for _ in range(AdapterSlots.SHRINK_AFTER):  # narrower passes: the surplus slot is masked out, nothing gathered
+        with slots.assign(["narrow", "narrow"]):
+            got = logits(model, ids)
+        assert q_proj.active is gathered
+    assert slots.gathers == 1
+    assert torch.allclose(got, logits(peft_mixed, ids, adapter_names=["narrow", "narrow"]), atol=1e-5)
+    with slots.assign(["narrow", None]):  # one narrower pass too many: just the used slot is gathered
+        logits(model, ids)
+    assert slots.gathers == 2 and q_proj.active[0].shape[1] == slots.rank
+
+
+def test_a_gathered_set_outlives_loads_into_slots_no_pass_uses(tiny, folders):
+    """Refilling a gathered but unused slot keeps the set; a row of the new adapter gathers anew and gets its factors."""
+    model = copy.deepcopy(tiny)
+    slots = AdapterSlots(model, storage_dtype=torch.bfloat16)  # gathered copies, not views of the slots
+    reference = AdapterSlots(copy.deepcopy(tiny), storage_dtype=torch.bfloat16)
+    ids = torch.randint(0, 96, (2, 6))
+    with torch.no_grad():
+        for adapters in (slots, reference):  # "narrow" has the widest rank and "wide" every layer: no later resize
+            adapters.load("narrow", folders["narrow"])
+            adapters.load("wide", folders["wide"])
+    with slots.assign(["narrow", "wide"]):
+        logits(model, ids)
+    with torch.no_grad():
+        for adapters in (slots, reference):
+            adapters.unload("wide")
+            adapters.load("other", folders["other"])  # into the slot "wide" left, which the gathered set holds
+    for rows in (["narrow", "narrow"], ["other", "narrow"]):
+        with slots.assign(rows):
+            got = logits(model, ids)
+        with reference.assign(rows):
+            expected = logits(reference.model, ids)
+        assert torch.allclose(got, expected, atol=1e-6)  # a surplus slot changes only the summation order
+        assert slots.gathers == (1 if "other" not in rows else 2)  # the refilled slot is masked out until a row uses it
