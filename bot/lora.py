@@ -78,11 +78,13 @@ class SlotBank:
     (layers, slots, rank, out): one gather serves all of them."""
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.modules: list[str] = []
         self.layers: list[SlotLinear] = []
         self.A = torch.zeros(0, 0, 0, in_features, dtype=dtype, device=device)
         self.B = torch.zeros(0, 0, 0, out_features, dtype=dtype, device=device)
 
-    def add(self, layer: SlotLinear) -> None:
+    def add(self, module: str, layer: SlotLinear) -> None:
+        self.modules.append(module)
         self.layers.append(layer)
         self._grow(len(self.layers), *self.A.shape[1:3])
 
@@ -100,6 +102,22 @@ class SlotBank:
         self.A, self.B = lora_a, lora_b
         for i, layer in enumerate(self.layers):
             layer.lora_A, layer.lora_B = lora_a[i], lora_b[i]
+
+    def write(self, slot: int, factors: list[tuple[torch.Tensor, torch.Tensor, float] | None]) -> None:
+        """Fill ``slot`` of every layer: ``factors[i]`` (A, B and B's scaling) where an adapter has them, zeros
+        elsewhere. A few copies per rank in use, not one per layer: an evicted adapter's reload is this write."""
+        self.A[:, slot].zero_()
+        self.B[:, slot].zero_()
+        by_rank: dict[int, list[int]] = {}
+        for i, factor in enumerate(factors):
+            if factor is not None:
+                by_rank.setdefault(factor[0].shape[0], []).append(i)
+        for r, layers in by_rank.items():
+            index = torch.tensor(layers, device=self.A.device)
+            lora_b = torch.stack([factors[i][1] for i in layers])
+            scales = torch.tensor([factors[i][2] for i in layers], dtype=lora_b.dtype)
+            self.A[index, slot, :r] = torch.stack([factors[i][0] for i in layers]).to(self.A)
+            self.B[index, slot, :r] = (lora_b * scales[:, None, None]).transpose(1, 2).to(self.B)
 
     def activate(self, slots: tuple[int, ...], dtype: torch.dtype) -> None:
         """Give every layer the factors of ``slots`` in ``dtype``: views of a run of stored slots, else a copy."""
@@ -187,15 +205,9 @@ class AdapterSlots:
         rank = max(lora_a.shape[0] for lora_a, _ in pairs.values())
         slot = next((s for s in range(self.capacity) if s not in self.slots.values()), self.capacity)
         self._resize(max(self.capacity, slot + 1), max(self.rank, rank))
-        for module, layer in self.layers.items():
-            lora_a, lora_b = pairs.get(module, (None, None))
-            r = 0 if lora_a is None else lora_a.shape[0]
-            if r:
-                layer.lora_A[slot, :r].copy_(lora_a)
-                layer.lora_B[slot, :r].copy_(lora_b.t() * scaling(config, module, r))
-            if r < self.rank:
-                layer.lora_A[slot, r:].zero_()
-                layer.lora_B[slot, r:].zero_()
+        scaled = {m: (a, b, scaling(config, m, a.shape[0])) for m, (a, b) in pairs.items()}
+        for bank in self.banks.values():
+            bank.write(slot, [scaled.get(module) for module in bank.modules])
         self.slots[key] = slot
         self._versions[slot] = self._versions.get(slot, 0) + 1
 
@@ -277,7 +289,7 @@ class AdapterSlots:
         if shape not in self.banks:
             self.banks[shape] = SlotBank(*shape, dtype=self.storage_dtype, device=self.device)
             self.banks[shape].resize(self.capacity, self.rank)
-        self.banks[shape].add(layer)
+        self.banks[shape].add(module, layer)
         setattr(parent, child_name, layer)
         self.layers[module] = layer
         self.epoch += 1
@@ -304,12 +316,13 @@ def scaling(config: dict, module: str, rank: int) -> float:
 
 def read_adapter(folder: Path) -> tuple[dict, dict[tuple[str, str], torch.Tensor]]:
     """A PEFT LoRA folder's config and its factors by (module, "A" | "B"); refuses what serving cannot apply."""
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     try:
         config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / "adapter_model.safetensors"))
-    except (OSError, ValueError) as exc:
+        tensors = load((folder / "adapter_model.safetensors").read_bytes())  # twice as fast as load_file here
+    except (OSError, ValueError, SafetensorError) as exc:
         raise InvalidAdapterError(f"{folder}: not a readable PEFT LoRA folder ({exc})") from exc
     unsupported = [
         name

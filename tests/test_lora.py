@@ -150,6 +150,22 @@ def test_an_adapter_with_an_infinite_factor_is_refused_and_other_rows_stay_finit
         assert torch.isfinite(logits(model, torch.randint(0, 96, (3, 5)))).all()
 
 
+def test_a_truncated_weights_file_is_refused_clearly_and_changes_no_slot(tiny, folders, tmp_path):
+    """Its header is whole (what validation reads at install), its tensors are not: the load fails as the adapter's error."""
+    import shutil
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(folders["other"], truncated)
+    weights = truncated / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    slots = AdapterSlots(copy.deepcopy(tiny))
+    with torch.no_grad():
+        slots.load("wide", folders["wide"])
+        with pytest.raises(InvalidAdapterError, match="not a readable PEFT LoRA folder"):
+            slots.load("truncated", truncated)
+    assert slots.keys == ["wide"] and slots.capacity == 1
+
+
 def test_unsupported_adapters_are_refused_clearly(tiny, folders, tmp_path):
     import shutil
 
@@ -251,3 +267,24 @@ def test_a_gathered_set_outlives_loads_into_slots_no_pass_uses(tiny, folders):
             expected = logits(reference.model, ids)
         assert torch.allclose(got, expected, atol=1e-6)  # a surplus slot changes only the summation order
         assert slots.gathers == (1 if "other" not in rows else 2)  # the refilled slot is masked out until a row uses it
+
+
+def test_layers_of_one_shape_with_different_ranks_match_peft(tiny, tmp_path):
+    """q_proj and o_proj share a bank (both 32 -> 32 here); a rank_pattern gives them ranks 2 and 6."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    config = LoraConfig(
+        r=6, lora_alpha=12, rank_pattern={"q_proj": 2}, alpha_pattern={"o_proj": 3}, target_modules=["q_proj", "o_proj"],
+        init_lora_weights=False,
+    )
+    torch.manual_seed(5)
+    get_peft_model(copy.deepcopy(tiny), config).save_pretrained(tmp_path / "patterned")
+    peft = PeftModel.from_pretrained(copy.deepcopy(tiny), str(tmp_path / "patterned")).eval()
+    slots = AdapterSlots(copy.deepcopy(tiny))
+    with torch.no_grad():
+        slots.load("patterned", tmp_path / "patterned")
+    assert len(slots.banks) == 1 and slots.rank == 6
+    ids = torch.randint(0, 96, (2, 7))
+    with slots.assign(["patterned", "patterned"]):
+        got = logits(slots.model, ids)
+    assert torch.allclose(got, logits(peft, ids), atol=1e-5)
