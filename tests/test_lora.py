@@ -53,12 +53,18 @@ def logits(model, ids, **kwargs) -> torch.Tensor:
         return model(input_ids=ids, **kwargs).logits
 
 
-def test_mixed_rows_match_peft(tiny, folders, peft_mixed):
-    model = copy.deepcopy(tiny)
-    slots = AdapterSlots(model)
+def loaded_slots(tiny, folders, *names: str) -> AdapterSlots:
+    """Slots on a fresh copy of the tiny model, filled with ``names`` in that order (slot 0 first)."""
+    slots = AdapterSlots(copy.deepcopy(tiny))
     with torch.no_grad():
-        slots.load("wide", folders["wide"])
-        slots.load("narrow", folders["narrow"])
+        for name in names:
+            slots.load(name, folders[name])
+    return slots
+
+
+def test_mixed_rows_match_peft(tiny, folders, peft_mixed):
+    slots = loaded_slots(tiny, folders, "wide", "narrow")
+    model = slots.model
     ids = torch.randint(0, 96, (4, 9))
     rows = ["narrow", None, "wide", "narrow"]
     expected = logits(peft_mixed, ids, adapter_names=[r or "__base__" for r in rows])
@@ -71,11 +77,8 @@ def test_mixed_rows_match_peft(tiny, folders, peft_mixed):
 
 def test_a_pass_reads_only_the_slots_its_rows_use(tiny, folders, peft_mixed):
     """Rows on slots 0 and 2 of three: the pass gathers those two, skips the one between, and matches PEFT."""
-    model = copy.deepcopy(tiny)
-    slots = AdapterSlots(model)
-    with torch.no_grad():
-        for name in ("wide", "other", "narrow"):
-            slots.load(name, folders[name])
+    slots = loaded_slots(tiny, folders, "wide", "other", "narrow")
+    model = slots.model
     assert [slots.slots[n] for n in ("wide", "other", "narrow")] == [0, 1, 2]
     ids = torch.randint(0, 96, (3, 6))
     rows = ["narrow", None, "wide"]
@@ -221,11 +224,8 @@ def test_gathered_bfloat16_factors_follow_a_slot_that_changes_adapter(tiny, fold
 
 def test_passes_a_gathered_set_covers_reuse_it_and_compute_what_peft_does(tiny, folders, peft_mixed):
     """A prefill gathers its rows' slots with the running batch's; narrower passes reuse that set until it shrinks."""
-    model = copy.deepcopy(tiny)
-    slots = AdapterSlots(model)
-    with torch.no_grad():
-        slots.load("wide", folders["wide"])
-        slots.load("narrow", folders["narrow"])
+    slots = loaded_slots(tiny, folders, "wide", "narrow")
+    model = slots.model
     ids = torch.randint(0, 96, (2, 6))
     with slots.assign(["narrow", None], also=["wide"]):  # a prefill while a "wide" row decodes
         logits(model, ids)
