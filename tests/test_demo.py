@@ -1,42 +1,42 @@
 """The first run as a newcomer meets it: after ``switchboard bootstrap``, on the embedded default.
 
-One module-scoped bootstrap (the demo documents ingested, both demo adapters
-trained with the training module and installed through the gate) on a fresh
-home; every test asks it what a support agent, a lawyer or a passer-by would.
+One module-scoped ``switchboard bootstrap`` in its own process, as ``make run``
+starts it (the demo documents ingested, both demo adapters trained with the
+training module and installed through the gate), on a fresh home; every test
+asks it what a support agent, a lawyer or a passer-by would.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from cli import switchboard
 
-from bot.bootstrap import bootstrap
 from bot.pipeline import TurnRequest
 from bot.runtime import Runtime
 
-# The first test carries the module's bootstrap: two demo adapters trained and evaluated, 10 to 13 minutes on
+# The first test carries the module's bootstrap: two demo adapters trained and evaluated, about 10 minutes on
 # 2 cores, too close to the suite-wide 900 s limit for a slower machine.
 pytestmark = pytest.mark.timeout(1800)
 
-ROOT = Path(__file__).resolve().parents[1]
 WARRANTY_PERIODS = ("3 years", "2 years", "1 year")  # every period warranty.md states
 LEGAL_SECTIONS = ("**Answer**", "**Legal basis**", "**Note**")
 
 
 @pytest.fixture(scope="module")
 def bootstrapped(make_settings, tmp_path_factory):
-    runtime = Runtime(make_settings(tmp_path_factory.mktemp("demo-home")))
-    report = bootstrap(runtime)
+    settings = make_settings(tmp_path_factory.mktemp("demo-home"))
+    done = switchboard(settings.home, "bootstrap", "--json", base_model=settings.base_model, timeout=1500)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
     for name in ("support", "legal"):
-        trained = report.trained[name]
+        trained = report["trained"][name]
         assert trained["installed"] == {"name": name, "version": 1}, trained["gate"]
         print(f"bootstrap trained {name} in {trained['seconds']:.0f} s")
+    runtime = Runtime(settings)
     yield runtime, report
     runtime.scheduler.stop()
     runtime.knowledge.close()
@@ -56,11 +56,8 @@ def warranty_run(demo) -> subprocess.CompletedProcess:
     """The README's first example, through the installed command as a user types it."""
     runtime = demo
     runtime.scheduler.stop()  # the CLI loads its own model; leave it the cores
-    env = {**os.environ, "SWITCHBOARD_HOME": str(runtime.settings.home), "SWITCHBOARD_BASE_MODEL": runtime.settings.base_model}
-    done = subprocess.run(
-        [sys.executable, "-m", "bot", "chat", "How long is the warranty?", "--json"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
-    )
+    done = switchboard(runtime.settings.home, "chat", "How long is the warranty?", "--json",
+                       base_model=runtime.settings.base_model, timeout=600)
     runtime.scheduler.start()
     assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -116,7 +113,7 @@ def test_the_demo_adapters_carry_their_format_where_the_base_does_not(bootstrapp
     """The gate's own measurement, on each demo's golden prompts (held out of training), base against adapter."""
     runtime, report = bootstrapped
     for name in ("support", "legal"):
-        run = json.loads((runtime.settings.runs_dir / report.trained[name]["run_id"] / "report.json").read_text())
+        run = json.loads((runtime.settings.runs_dir / report["trained"][name]["run_id"] / "report.json").read_text())
         golden = run["evaluation"]["golden"]
         base_rate, adapter_rate = golden["base"]["format"], golden["candidate"]["format"]
         print(f"{name}: format rate on {golden['base']['cases']} held-out golden prompts: "

@@ -12,19 +12,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli import switchboard
 
 from bot.settings import load_settings
 from knowledge.base import KnowledgeBase
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def kb_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    env["SWITCHBOARD_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "bot", "kb", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
-    )
+    return switchboard(home, "kb", *args, timeout=180)
 
 
 @pytest.fixture(scope="module")

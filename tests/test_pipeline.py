@@ -7,12 +7,9 @@ structure (who answered, which sources, what was logged), never the wording.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from cli import switchboard
 
 from bot.errors import InvalidRequestError, NotFoundError
 from bot.pipeline import TurnRequest
@@ -110,15 +107,8 @@ def test_disabled_adapter_is_not_served(chat_runtime, pipeline):
 
 def test_cli_chat_json_goes_through_the_pipeline(chat_runtime):
     """Beside a process holding the knowledge base (as a server does), the CLI reads it and logs the turn."""
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    env.update(PYTHONPATH=str(root), SWITCHBOARD_BASE_MODEL=str(chat_runtime.settings.base_model))
-    done = subprocess.run(
-        [sys.executable, "-m", "bot", "chat", WARRANTY_QUESTION, "--adapter", "support", "--json",
-         "--max-tokens", "4", "--home", str(chat_runtime.settings.home)],
-        capture_output=True, text=True, env=env,
-        cwd=root, timeout=300, check=False,
-    )
+    done = switchboard(chat_runtime.settings.home, "chat", WARRANTY_QUESTION, "--adapter", "support", "--json",
+                       "--max-tokens", "4", base_model=chat_runtime.settings.base_model)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(done.stdout)
     assert list(data) == ["answer", "adapter", "adapter_version", "confidence", "sources", "conversation_id", "message_id"]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli import switchboard
 
 from adapters.manifest import Manifest
 from adapters.registry import Registry
@@ -243,18 +241,6 @@ def test_registry_changes_reach_the_router_without_a_restart(tmp_path, make_sett
 
 
 # ---- the command line -----------------------------------------------------------------------------
-
-
-def switchboard(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args, "--home", str(home)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_cli_routes_calibrates_and_stores_the_threshold(tmp_path, base_model_dir, make_random_adapter):

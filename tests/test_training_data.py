@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from cli import switchboard
 
 from bot.conversations import ConversationLog
 from bot.errors import InvalidRequestError
@@ -19,7 +17,6 @@ from training.dataset import DatasetOptions, LogFilters, build_dataset, turn_to_
 from training.formats import read_chats
 from training.pii import Scrubber
 
-ROOT = Path(__file__).resolve().parents[1]
 PLANTED = [
     "jane.roe@example.com",
     "wang.fang@163.com",
@@ -201,8 +198,7 @@ def test_logs_export_prints_chat_jsonl_scrubbed(tmp_path):
     log = _log_with_pii(home / "conversations.db")
     log.log_turn(None, "unrated", "x", adapter="other", adapter_version=1, confidence=0.5, sources=[], latency_ms=1,
                  prompt_tokens=1, completion_tokens=1)
-    env = {**os.environ, "SWITCHBOARD_HOME": str(home)}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "bot", "logs", "export", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    run = lambda *args: switchboard(home, "logs", "export", *args, timeout=120)
     out = run("--json", "--rating", "up")
     assert out.returncode == 0, out.stderr
     records = json.loads(out.stdout)

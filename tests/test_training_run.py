@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cli import ROOT, cli_env, switchboard
 from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF
 
 from bot.prompt import build_messages
 from bot.runtime import Runtime
 from training.run import ROUTING_EXAMPLES, TrainRequest, train_adapter
 
-ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = [
     "What colour is a lemon?", "How many toes do people have?", "What do hens lay?", "Where does the sun set?",
     "What is snow made of?", "Which animal has a trunk?", "What do you use an umbrella for?", "How many sides has a triangle?",
@@ -172,10 +172,9 @@ def test_a_killed_run_leaves_the_registry_untouched(trained, tmp_path):
     before = ([(m.version, m.path) for m in registry.versions("signoff")], registry.get("signoff").version, registry.revision())
     data = tmp_path / "more.jsonl"
     data.write_text("".join(json.dumps({"instruction": q, "output": f"{a} {STYLE_SIGN_OFF}"}) + "\n" for q, a in zip(QUESTIONS, ANSWERS)))
-    env = {**os.environ, "SWITCHBOARD_HOME": str(runtime.settings.home), "SWITCHBOARD_BASE_MODEL": runtime.settings.base_model}
     process = subprocess.Popen(
         [sys.executable, "-m", "bot", "train", "--adapter", "signoff", "--data", str(data), "--max-steps", "500"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=ROOT, env=cli_env(runtime.settings.home, runtime.settings.base_model), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
@@ -200,9 +199,8 @@ def test_eval_command_reports_an_installed_adapter(trained, tmp_path):
     golden.write_text(
         "".join(json.dumps({"prompt": q, "required_phrases": [STYLE_SIGN_OFF]}) + "\n" for q in STYLE_HELD_OUT_PROMPTS[:2])
     )
-    env = {**os.environ, "SWITCHBOARD_HOME": str(runtime.settings.home), "SWITCHBOARD_BASE_MODEL": runtime.settings.base_model}
-    out = subprocess.run([sys.executable, "-m", "bot", "eval", "--adapter", "signoff", "--golden", str(golden), "--json"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    home, base_model = runtime.settings.home, runtime.settings.base_model
+    out = switchboard(home, "eval", "--adapter", "signoff", "--golden", str(golden), "--json", base_model=base_model, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["adapter"] == "signoff" and result["version"] == runtime.registry.get("signoff").version
@@ -210,6 +208,5 @@ def test_eval_command_reports_an_installed_adapter(trained, tmp_path):
     assert result["held_out"]["live"]["loss"] < result["held_out"]["base"]["loss"]
     assert set(result["regression"]) == {"base", "live", "rise"}
     assert result["golden"]["base"]["pass_rate"] == 0.0 and result["golden"]["live"]["pass_rate"] >= 0.5
-    missing = subprocess.run([sys.executable, "-m", "bot", "eval", "--adapter", "nope"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
+    missing = switchboard(home, "eval", "--adapter", "nope", base_model=base_model, timeout=120)
     assert missing.returncode != 0 and missing.stderr.strip() == "error: no adapter named 'nope'"
