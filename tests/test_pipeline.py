@@ -105,10 +105,13 @@ def test_disabled_adapter_is_not_served(chat_runtime, pipeline):
         chat_runtime.registry.set_status("legal", "enabled")
 
 
-def test_cli_chat_json_goes_through_the_pipeline(chat_runtime):
-    """Beside a process holding the knowledge base (as a server does), the CLI reads it and logs the turn."""
-    done = switchboard(chat_runtime.settings.home, "chat", WARRANTY_QUESTION, "--adapter", "support", "--json",
-                       "--max-tokens", "4", base_model=chat_runtime.settings.base_model)
+def test_cli_chat_json_goes_through_the_pipeline(chat_runtime, tmp_path):
+    """Beside a process holding the knowledge base (as a server does), the CLI reads it and logs the turn.
+
+    ``--home`` names the data folder over an empty $SWITCHBOARD_HOME, which has no adapter called support.
+    """
+    done = switchboard(tmp_path, "chat", WARRANTY_QUESTION, "--adapter", "support", "--json", "--max-tokens", "4",
+                       "--home", str(chat_runtime.settings.home), base_model=chat_runtime.settings.base_model)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(done.stdout)
     assert list(data) == ["answer", "adapter", "adapter_version", "confidence", "sources", "conversation_id", "message_id"]
