@@ -25,11 +25,15 @@ def cli_env(home: Path, base_model: str | Path | None = None) -> dict[str, str]:
     return env
 
 
+def command(*args: str) -> list[str]:
+    """``switchboard *args`` as this interpreter runs it, for a caller that starts the process itself."""
+    return [sys.executable, "-m", "bot", *args]
+
+
 def switchboard(
     home: Path, *args: str, base_model: str | Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run ``switchboard *args`` on ``home`` and capture its output as text."""
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        cwd=ROOT, env=cli_env(home, base_model), capture_output=True, text=True, timeout=timeout,
+        command(*args), cwd=ROOT, env=cli_env(home, base_model), capture_output=True, text=True, timeout=timeout,
     )

@@ -18,7 +18,6 @@ from bot.settings import load_settings
 from knowledge.base import KnowledgeBase
 
 
-
 def kb_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return switchboard(home, "kb", *args, timeout=180)
 

@@ -12,13 +12,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from cli import ROOT, cli_env, switchboard
+from cli import ROOT, cli_env, command, switchboard
 from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF
 
 from bot.prompt import build_messages
@@ -173,7 +172,7 @@ def test_a_killed_run_leaves_the_registry_untouched(trained, tmp_path):
     data = tmp_path / "more.jsonl"
     data.write_text("".join(json.dumps({"instruction": q, "output": f"{a} {STYLE_SIGN_OFF}"}) + "\n" for q, a in zip(QUESTIONS, ANSWERS)))
     process = subprocess.Popen(
-        [sys.executable, "-m", "bot", "train", "--adapter", "signoff", "--data", str(data), "--max-steps", "500"],
+        command("train", "--adapter", "signoff", "--data", str(data), "--max-steps", "500"),
         cwd=ROOT, env=cli_env(runtime.settings.home, runtime.settings.base_model), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     seen: list[str] = []
