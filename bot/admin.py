@@ -158,10 +158,18 @@ class Admin:
 
     # ---- knowledge
 
-    def ingest(self, uploads: list[Upload], collection: str, progress: bool = False) -> dict[str, Any]:
-        """Ingest uploaded documents; each keeps its original file name as its source."""
+    def ingest(
+        self, uploads: list[Upload], collection: str, progress: bool = False, replace: bool = False
+    ) -> dict[str, Any]:
+        """Ingest uploaded documents; each keeps its original file name as its source.
+
+        An upload whose name a different document already has is skipped with
+        the reason unless ``replace``: an upload carries no path that could
+        show it is a new version of that document.
+        """
         with self._staged(uploads) as folder:
-            report = self.runtime.knowledge.ingest(sorted(folder.iterdir()), collection, progress=progress)
+            files = sorted(folder.iterdir())
+            report = self.runtime.knowledge.ingest(files, collection, progress=progress, replace=replace, uploaded=True)
         result = report.to_dict()
         for item in result["skipped"]:  # report the upload's name, not the staging path
             item["path"] = Path(item["path"]).name

@@ -27,7 +27,18 @@ import numpy as np
 from bot.errors import ConfigError, InvalidRequestError, NotFoundError, SwitchboardError
 from knowledge.chunking import Chunker, searchable_text
 from knowledge.embeddings import canonical_model_name
-from knowledge.ingest import PIPELINE_VERSION, IngestReport, PreparedDocument, chunk_id, expand, prepare, read
+from knowledge.ingest import (
+    PIPELINE_VERSION,
+    UPLOAD,
+    IngestReport,
+    PreparedDocument,
+    chunk_id,
+    expand,
+    name_taken,
+    origin_of,
+    prepare,
+    read,
+)
 from knowledge.lexical import DocumentRecord, LexicalIndex
 from knowledge.loaders import UnreadableDocument, load_document
 from knowledge.passage import Passage
@@ -84,8 +95,22 @@ class KnowledgeBase:
 
     # ---- writing
 
-    def ingest(self, paths: list[Path], collection: str, progress: bool = False) -> IngestReport:
-        """Add or replace documents; the source of each is its file name. Bad files land in ``skipped``."""
+    def ingest(
+        self,
+        paths: list[Path],
+        collection: str,
+        progress: bool = False,
+        *,
+        replace: bool = False,
+        uploaded: bool = False,
+    ) -> IngestReport:
+        """Add or replace documents; the source of each is its file name. Bad files land in ``skipped``.
+
+        A file replaces the document of its name when it comes from the same
+        path; a different file of that name (another folder, or any upload) is
+        skipped with the reason, unless ``replace``. ``uploaded`` says the
+        paths are staging copies whose origin is unknown.
+        """
         self._require_writer()
         check_collection_name(collection)
         report = IngestReport(collection)
@@ -94,7 +119,7 @@ class KnowledgeBase:
             if chroma is not None:
                 self._check_model(collection, chroma)
             index = self._index(collection, chroma) if chroma is not None else LexicalIndex.empty()
-            prepared = self._prepare(expand(paths, report), index, report, progress)
+            prepared = self._prepare(expand(paths, report), index, report, progress, replace, uploaded)
             if not prepared:
                 return report
             chroma = chroma or self._create(collection)
@@ -123,7 +148,7 @@ class KnowledgeBase:
         return {"collection": collection, "source": source, "chunks": len(ids)}
 
     def _prepare(
-        self, files: list[Path], index: LexicalIndex, report: IngestReport, progress: bool
+        self, files: list[Path], index: LexicalIndex, report: IngestReport, progress: bool, replace: bool, uploaded: bool
     ) -> list[PreparedDocument]:
         fingerprint = f"{self._model_name}|{self.config.chunk_tokens}|{self.config.chunk_overlap}|{PIPELINE_VERSION}"
         prepared = []
@@ -134,8 +159,12 @@ class KnowledgeBase:
                 if record is not None and record.doc_hash == doc_hash:
                     report.unchanged.append(path.name)
                     continue
+                origin = origin_of(path, uploaded)
+                if record is not None and not replace and name_taken(record.origin, origin):
+                    report.skip(path, _name_taken_reason(path.name, index.documents[path.name], uploaded))
+                    continue
                 document = load_document(data, path.name)  # before the chunker: a bad file needs no model
-                prepared.append(prepare(path, document, doc_hash, self._get_chunker()))
+                prepared.append(prepare(path, document, doc_hash, self._get_chunker(), origin))
             except UnreadableDocument as exc:
                 report.skip(path, str(exc))
         return prepared
@@ -364,6 +393,7 @@ class KnowledgeBase:
                 str(first.get("doc_hash", "")),
                 str(first.get("ingested_at", "")),
                 tuple(c[1] for c in chunks),
+                str(first.get("origin", "")),
             )
             added.append((record, [c[2] for c in chunks]))
         if not self.read_only and state is None:
@@ -414,12 +444,25 @@ class _Rows:
                 "ingested_at": now,
                 "doc_hash": document.doc_hash,
                 "chunk_index": i,
+                "origin": document.origin,
             }
             optional = (("context", chunk.context or None), ("page", chunk.page), ("article", chunk.article))
             meta.update({key: value for key, value in optional if value is not None})
             metadatas.append(meta)
-        record = DocumentRecord(document.source, document.title, document.doc_hash, now, tuple(ids))
+        record = DocumentRecord(document.source, document.title, document.doc_hash, now, tuple(ids), document.origin)
         return cls(document, record, ids, [chunk.text for chunk in document.chunks], searchable, metadatas)
+
+
+def _name_taken_reason(name: str, record: DocumentRecord, uploaded: bool) -> str:
+    """Why a file of a taken name was skipped, and the three ways on; server paths are not shown."""
+    where = "uploaded" if record.origin == UPLOAD else "ingested from another folder"
+    flag = "ask to replace it ('Replace documents of the same name' in the UI, replace=true in the upload form)"
+    if not uploaded:
+        flag = "pass --replace to replace it"
+    return (
+        f"a different document named '{name}' is already in the collection ({where} {record.ingested_at}); "
+        f"rename this file to keep both, remove the old one first, or {flag}"
+    )
 
 
 def _store_failure(exc: Exception) -> str:

@@ -35,6 +35,9 @@ class IngestReport:
         return asdict(self)
 
 
+UPLOAD = "upload"  # the origin of uploaded files, whose path on the uploader's machine is unknown
+
+
 @dataclass
 class PreparedDocument:
     path: Path
@@ -42,6 +45,23 @@ class PreparedDocument:
     title: str
     doc_hash: str
     chunks: list[Chunk]
+    origin: str
+
+
+def origin_of(path: Path, uploaded: bool) -> str:
+    """What tells two files of one name apart: the absolute path, unknown for uploads."""
+    return UPLOAD if uploaded else str(path.resolve())
+
+
+def name_taken(record_origin: str, origin: str) -> bool:
+    """Whether a file would silently replace a different document of the same name.
+
+    A file from the path the document was ingested from is its new version.
+    An upload carries no path, so an upload cannot prove it is the same
+    document, and a document ingested before origins were kept ('') is
+    replaced as it always was.
+    """
+    return bool(record_origin) and (origin != record_origin or origin == UPLOAD)
 
 
 def expand(paths: list[Path], report: IngestReport) -> list[Path]:
@@ -86,11 +106,13 @@ def _human(size: int) -> str:
     return f"{size} bytes"
 
 
-def prepare(path: Path, document: LoadedDocument, doc_hash: str, chunker: Chunker) -> PreparedDocument:
+def prepare(
+    path: Path, document: LoadedDocument, doc_hash: str, chunker: Chunker, origin: str
+) -> PreparedDocument:
     chunks = chunker.split(document)
     if not chunks:
         raise UnreadableDocument("no text to index")
-    return PreparedDocument(path, path.name, document.title, doc_hash, chunks)
+    return PreparedDocument(path, path.name, document.title, doc_hash, chunks, origin)
 
 
 def chunk_id(collection: str, source: str, index: int, text: str) -> str:

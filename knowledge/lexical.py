@@ -109,6 +109,11 @@ class DocumentRecord:
     doc_hash: str = field(metadata={"help": "Hash of the file bytes and the chunking settings; equal means unchanged."})
     ingested_at: str = field(metadata={"help": "UTC time of the ingest, ISO 8601."})
     chunk_ids: tuple[str, ...] = field(metadata={"help": "Ids of the document's chunks, in order."})
+    origin: str = field(
+        default="",
+        metadata={"help": "Where the file came from: its absolute path, 'upload', or '' when ingested before "
+                  "origins were kept. Two files of one name from different origins are different documents."},
+    )
 
 
 @dataclass(frozen=True)

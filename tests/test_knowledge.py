@@ -469,3 +469,35 @@ def test_chunks_fit_the_token_budget_and_end_at_sentence_ends(encoder):
         assert len(chunks) > 3
         assert all(chunker.count(c.text) <= 48 for c in chunks)
     assert all(c.text.endswith(("。", "？")) for c in chunks)
+
+
+def test_two_files_of_one_name_are_two_documents_and_the_operator_is_told(tmp_path, encoder):
+    """Two shops' warranty.md: the second is skipped with the reason; the same path updates; --replace replaces."""
+    settings = load_settings({"home": tmp_path / "home"}, environ={})
+    north, south = tmp_path / "north", tmp_path / "south"
+    north.mkdir()
+    south.mkdir()
+    (north / "warranty.md").write_text("# Warranty\n\nNorth tents are covered for 2 years.", encoding="utf-8")
+    (south / "warranty.md").write_text("# Warranty\n\nSouth tents are covered for 7 years.", encoding="utf-8")
+    with KnowledgeBase(settings, encoder) as kb:
+        assert kb.ingest([north / "warranty.md"], "shops").documents == 1
+        clash = kb.ingest([south / "warranty.md"], "shops")
+        assert clash.documents == 0 and len(clash.skipped) == 1
+        reason = clash.skipped[0]["reason"]
+        assert "different document named 'warranty.md'" in reason and "--replace" in reason
+        assert str(north) not in reason  # server paths are not shown
+        assert "North" in kb.retrieve("tent warranty", ["shops"], min_score=0.0)[0].text
+
+        (north / "warranty.md").write_text("# Warranty\n\nNorth tents are covered for 3 years.", encoding="utf-8")
+        assert kb.ingest([north / "warranty.md"], "shops").documents == 1  # the same path is a new version
+        assert "3 years" in kb.retrieve("tent warranty", ["shops"], min_score=0.0)[0].text
+
+        replaced = kb.ingest([south / "warranty.md"], "shops", replace=True)
+        assert replaced.documents == 1 and not replaced.skipped
+        assert "South" in kb.retrieve("tent warranty", ["shops"], min_score=0.0)[0].text
+
+        upload = kb.ingest([north / "warranty.md"], "shops", uploaded=True)
+        assert upload.documents == 0 and "replace=true" in upload.skipped[0]["reason"]
+    with KnowledgeBase(settings, encoder) as kb:  # the origin survives a restart (and a rebuild from Chroma)
+        shutil.rmtree(settings.chroma_dir / "lexical" / "shops")
+        assert kb.ingest([north / "warranty.md"], "shops").skipped

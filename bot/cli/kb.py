@@ -33,12 +33,18 @@ def _open(home: str | None, read_only: bool):
 def ingest(
     paths: list[Path] = typer.Argument(..., help="Files or folders (.txt .md .html .pdf .docx, FAQ .csv .jsonl)."),
     collection: str = COLLECTION_OPTION,
+    replace: bool = typer.Option(
+        False,
+        "--replace",
+        help="Replace a document of the same name that came from another folder (without it, such a file is skipped).",
+    ),
     as_json: bool = JSON_OPTION,
     home: str = HOME_OPTION,
 ) -> None:
-    """Add documents to a collection; a file ingested again replaces its chunks, an unchanged one is skipped."""
+    """Add documents to a collection; a file ingested again from the same path replaces its chunks, an unchanged
+    one is skipped, and a different file with a taken name is skipped with the reason."""
     with _open(home, read_only=False) as kb:
-        report = kb.ingest(paths, collection, progress=True)
+        report = kb.ingest(paths, collection, progress=True, replace=replace)
     lines = [f"ingested {report.documents} document(s), {report.chunks} chunk(s) into '{collection}'"]
     lines += [f"unchanged: {source}" for source in report.unchanged]
     lines += [f"skipped: {item['path']}: {item['reason']}" for item in report.skipped]
