@@ -157,7 +157,14 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def switchboard_field(result: TurnResult) -> dict[str, Any]:
-    return {**result.to_dict(), "route_reason": result.route_reason, "timings_ms": result.timings_ms}
+    """The ``switchboard`` object of a response: the CLI's fields, how the turn was routed and checked, its timings."""
+    return {
+        **result.to_dict(),
+        "route_reason": result.route_reason,
+        "retrieval": {name: round(value, 4) for name, value in result.route.retrieval.items()},
+        "checks": {"action": result.checks.action, "problems": len(result.checks.problems)},
+        "timings_ms": result.timings_ms,
+    }
 
 
 def completion_body(completion_id: str, created: int, result: TurnResult) -> dict[str, Any]:
@@ -437,7 +444,8 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
     async def ingest(collection: str, request: Request) -> dict[str, Any]:
         form = await request.form(max_files=1000)
         try:
-            return await run_in_threadpool(admin.ingest, _uploads(form), collection)
+            replace = str(form.get("replace") or "").strip().lower() in ("1", "true", "yes", "on")
+            return await run_in_threadpool(admin.ingest, _uploads(form), collection, False, replace)
         finally:
             await form.close()
 

@@ -66,6 +66,16 @@ class Turn:
     prompt_tokens: int | None
     completion_tokens: int | None
     created_at: str
+    checks: dict | None = field(
+        default=None,
+        metadata={"help": "How the answer fared against its sources (action, problems, the generated text); "
+                  "None for turns logged before the checks existed."},
+    )
+
+    @property
+    def failed_checks(self) -> bool:
+        """Whether the model's answer was replaced for stating facts no source holds (not a positive example)."""
+        return bool(self.checks) and self.checks.get("action") == "replaced"
 
 
 def _now() -> str:
@@ -90,6 +100,10 @@ def _timestamp(value: str | date | datetime | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _json_or_null(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def _check_id(value: str, what: str) -> str:
@@ -169,8 +183,14 @@ class ConversationLog:
         prompt_tokens: int,
         completion_tokens: int,
         system_prompt: str | None = None,
+        route: dict | None = None,
+        checks: dict | None = None,
     ) -> TurnIds:
-        """Log the user's message and the answer together; a None conversation id starts a new conversation."""
+        """Log the user's message and the answer together; a None conversation id starts a new conversation.
+
+        ``route`` is the routing decision with its retrieval signal and
+        ``checks`` the grounding report, each stored as JSON.
+        """
         conversation_id = _new_id("conv") if conversation_id is None else _check_id(conversation_id, "conversation id")
         user_id, answer_id = _new_id("msg"), _new_id("msg")
         now = _now()
@@ -190,11 +210,12 @@ class ConversationLog:
             )
             db.execute(
                 "INSERT INTO messages (id, conversation_id, seq, role, content, reply_to, system_prompt, adapter,"
-                " adapter_version, confidence, sources, latency_ms, prompt_tokens, completion_tokens, created_at)"
-                " VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " adapter_version, confidence, sources, latency_ms, prompt_tokens, completion_tokens, created_at,"
+                " route, checks) VALUES (?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     answer_id, conversation_id, seq + 2, answer, user_id, system_prompt, adapter, adapter_version,
                     confidence, sources_json, latency_ms, prompt_tokens, completion_tokens, now,
+                    _json_or_null(route), _json_or_null(checks),
                 ),
             )
         return TurnIds(conversation_id, answer_id)
@@ -304,6 +325,7 @@ class ConversationLog:
             prompt_tokens=row["prompt_tokens"],
             completion_tokens=row["completion_tokens"],
             created_at=row["created_at"],
+            checks=json.loads(row["checks"]) if row["checks"] else None,
         )
 
 
@@ -379,3 +401,10 @@ def m001_initial(db: sqlite3.Connection) -> None:
         )"""
     )
     db.execute("CREATE INDEX feedback_message ON feedback (message_id, id)")
+
+
+@migration
+def m002_route_and_checks(db: sqlite3.Connection) -> None:
+    """Each answer keeps its routing decision (with the retrieval signal) and how it fared against its sources."""
+    db.execute("ALTER TABLE messages ADD COLUMN route TEXT")
+    db.execute("ALTER TABLE messages ADD COLUMN checks TEXT")

@@ -31,8 +31,10 @@ from bot.conversations import MAX_ID_CHARS
 from bot.decoding import Generation, GenerationRequest
 from bot.errors import InvalidRequestError
 from bot.prompt import build_messages
-from bot.router import Route
+from bot.router import AUTO, Route
 from bot.sampling import GenerationOptions
+from knowledge.grounding import GroundingReport, ground_answer
+from knowledge.grounding.script import chinese_script, in_script
 from knowledge.passage import Passage
 
 if TYPE_CHECKING:
@@ -105,6 +107,12 @@ class PreparedTurn:
     def system_prompt(self) -> str:
         return self.messages[0]["content"]
 
+    @property
+    def refusal(self) -> str:
+        """The answerer's own words for "the sources do not answer this" (support hands off, legal declines)."""
+        text = self.manifest.no_answer if self.manifest and self.manifest.no_answer else DEFAULT_NO_ANSWER
+        return text.strip()
+
     def sources(self) -> list[dict]:
         """The passages as shown to users; ``number`` is the [n] the answer cites."""
         return [source_dict(number, p) for number, p in enumerate(self.passages, start=1)]
@@ -124,6 +132,8 @@ class TurnResult:
     prompt_tokens: int
     completion_tokens: int
     timings_ms: dict[str, float] = field(metadata={"help": "Milliseconds per stage, plus first_token and total."})
+    route: Route = field(metadata={"help": "The routing decision, with the retrieval signal that took part in it."})
+    checks: GroundingReport = field(metadata={"help": "How the answer fared against its sources."})
 
     def to_dict(self) -> dict[str, Any]:
         """The shape ``switchboard chat --json`` promises."""
@@ -178,25 +188,33 @@ class Pipeline:
         timings: dict[str, float] = {}
 
         self.runtime.refresh_router()  # adapters installed or disabled by another process
-        route = self.runtime.router.choose(request.message, request.adapter, self._previous_adapter(request))
-        manifest = self.runtime.enabled_adapter(route.adapter) if route.adapter else None
-        timings["route"] = time.perf_counter() - started
+        pool = self._candidates(request.message) if request.adapter in (None, AUTO) else None
+        timings["retrieve"] = time.perf_counter() - started
 
         mark = time.perf_counter()
-        collections = manifest.collections if manifest else self.runtime.settings.knowledge.default_collections
-        passages = self.knowledge.retrieve(request.message, list(collections)) if collections else []
-        timings["retrieve"] = time.perf_counter() - mark
+        strengths = pool.strengths() if pool is not None else None
+        route = self.runtime.router.choose(request.message, request.adapter, self._previous_adapter(request), strengths)
+        manifest = self.runtime.enabled_adapter(route.adapter) if route.adapter else None
+        timings["route"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        collections = list(manifest.collections) if manifest else self._default_collections
+        if pool is not None:
+            passages = pool.within(collections)
+        else:
+            passages = self.knowledge.retrieve(request.message, collections) if collections else []
+        timings["retrieve"] += time.perf_counter() - mark
 
         mark = time.perf_counter()
         options = self._options(manifest, request.options)
-        no_answer = None
-        if collections and not passages:
-            no_answer = (manifest.no_answer if manifest and manifest.no_answer else DEFAULT_NO_ANSWER).strip()
         system = (manifest.system_prompt if manifest and manifest.system_prompt else request.system_prompt) or None
         history = self._history(request)
         messages, passages = self._fit(request.message, passages, system, history, options)
         timings["prompt"] = time.perf_counter() - mark
-        return PreparedTurn(request, manifest, route, passages, messages, options, no_answer, started, timings)
+        turn = PreparedTurn(request, manifest, route, passages, messages, options, None, started, timings)
+        if collections and not passages:
+            turn.no_answer = turn.refusal
+        return turn
 
     def complete(self, turn: PreparedTurn, on_text: TextCallback | None = None) -> TurnResult:
         """Generate (or give the no-answer reply), then log the turn."""
@@ -209,11 +227,19 @@ class Pipeline:
             if on_text is not None:
                 on_text(piece)
 
+        config = self.runtime.settings.grounding
         if turn.no_answer is not None:
             forward(turn.no_answer)
             generation = Generation(text=turn.no_answer, prompt_tokens=0, completion_tokens=0, finish_reason="stop")
+            report = GroundingReport(turn.no_answer, turn.no_answer, "unchecked")
         else:
-            generation = self._generate(turn, forward)
+            # An answer with sources is held back until its check: nobody sees a fact before it is verified.
+            checked = turn.passages if config.check_citations or config.check_facts else []
+            script = chinese_script(turn.request.message) if config.keep_script else None
+            generation = self._generate(turn, (lambda piece: None) if checked else lambda p: forward(in_script(p, script)))
+            report = ground_answer(generation.text, checked, turn.request.message, config, turn.refusal)
+            if checked:
+                forward(report.answer)
         turn.timings["generate"] = time.perf_counter() - mark
         latency = time.perf_counter() - turn.started
 
@@ -222,7 +248,7 @@ class Pipeline:
         ids = self.runtime.log.log_turn(
             turn.request.conversation_id,
             turn.request.message,
-            generation.text,
+            report.answer,
             adapter=turn.adapter,
             adapter_version=turn.adapter_version,
             confidence=turn.confidence,
@@ -231,6 +257,8 @@ class Pipeline:
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             system_prompt=turn.system_prompt,
+            route=turn.route.to_dict(),
+            checks=report.to_dict(),
         )
         turn.timings["log"] = time.perf_counter() - mark
         self._remember(ids.conversation_id, turn.adapter)
@@ -239,7 +267,7 @@ class Pipeline:
         timings_ms["first_token"] = round(((first_token[0] if first_token else time.perf_counter()) - turn.started) * 1000, 2)
         timings_ms["total"] = round((time.perf_counter() - turn.started) * 1000, 2)
         return TurnResult(
-            answer=generation.text,
+            answer=report.answer,
             adapter=turn.adapter,
             adapter_version=turn.adapter_version,
             confidence=turn.confidence,
@@ -251,7 +279,14 @@ class Pipeline:
             prompt_tokens=generation.prompt_tokens,
             completion_tokens=generation.completion_tokens,
             timings_ms=timings_ms,
+            route=turn.route,
+            checks=report,
         )
+
+    def route(self, message: str, previous: str | None = None) -> Route:
+        """Where ``message`` goes under 'auto', with the retrieval signal that took part in the choice."""
+        self.runtime.refresh_router()
+        return self.runtime.router.choose(message, AUTO, previous, self._candidates(message).strengths())
 
     def stream(self, turn: PreparedTurn) -> "TurnStream":
         """Iterate text pieces as they are generated; the finished turn is ``.result`` afterwards."""
@@ -264,6 +299,23 @@ class Pipeline:
         return runtime.scheduler.submit(request).result()
 
     # ---- stages
+
+    def _candidates(self, message: str) -> "_Candidates":
+        """One retrieval over the collections of every routable adapter (and the base's), ranked together.
+
+        Routing reads how well each adapter's documents answer the message
+        from it, and the chosen adapter's passages are taken from it: the
+        query is embedded and searched once, not once per adapter.
+        """
+        by_adapter = self.runtime.router.collections()
+        everything = list(dict.fromkeys([*(c for cs in by_adapter.values() for c in cs), *self._default_collections]))
+        k = self.knowledge.config.k
+        passages = self.knowledge.retrieve(message, everything, k=k * len(everything)) if everything else []
+        return _Candidates(passages, by_adapter, k)
+
+    @property
+    def _default_collections(self) -> list[str]:
+        return list(self.runtime.settings.knowledge.default_collections)
 
     def _previous_adapter(self, request: TurnRequest) -> str | None:
         """The adapter of the conversation's last turn, so a short follow-up ("and for tents?") stays with it."""
@@ -328,6 +380,25 @@ class Pipeline:
                 raise InvalidRequestError(
                     f"the message is too long: its prompt is {tokens} tokens and the model's context window is {window}"
                 )
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Passages of one retrieval over many collections, best first."""
+
+    passages: list[Passage]
+    by_adapter: dict[str, tuple[str, ...]]
+    k: int
+
+    def strengths(self) -> dict[str, float]:
+        """Relevance of the best passage in each adapter's collections (0 without one)."""
+        return {
+            name: max((p.score for p in self.passages if p.collection in collections), default=0.0)
+            for name, collections in self.by_adapter.items()
+        }
+
+    def within(self, collections: list[str]) -> list[Passage]:
+        return [p for p in self.passages if p.collection in collections][: self.k]
 
 
 class TurnStream:

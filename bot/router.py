@@ -63,7 +63,14 @@ class Route:
     )
     reason: str = field(
         default="routed",
-        metadata={"help": "routed, follow-up, below-threshold, no-adapters (nothing to route to) or requested."},
+        metadata={
+            "help": "routed, retrieval (its documents answer the message, its examples do not cover it), follow-up, "
+            "below-threshold, no-adapters (nothing to route to) or requested."
+        },
+    )
+    retrieval: dict[str, float] = field(
+        default_factory=dict,
+        metadata={"help": "Relevance in [0, 1] of the best passage in each adapter's collections; empty when unused."},
     )
 
     def to_dict(self) -> dict:
@@ -72,6 +79,7 @@ class Route:
             "adapter": self.adapter,
             "confidence": round(self.confidence, 4),
             "scores": {name: round(score, 4) for name, score in self.scores.items()},
+            "retrieval": {name: round(score, 4) for name, score in self.retrieval.items()},
             "reason": self.reason,
         }
 
@@ -106,10 +114,11 @@ class _Entry:
     vectors: np.ndarray  # one row per readable example
     tokens: tuple[tuple[str, ...], ...]  # lexical tokens of every example
     keywords: tuple[frozenset[str], ...]  # each keyword's tokens; all must occur
+    collections: tuple[str, ...]  # knowledge collections it answers from; retrieval there can route to it
 
     @property
     def routable(self) -> bool:
-        return bool(self.tokens or self.keywords)
+        return bool(self.tokens or self.keywords or self.collections)
 
 
 class _Lexical:
@@ -206,6 +215,10 @@ class Router:
         """The adapters routing can choose: those with examples or keywords."""
         return [entry.name for entry in self._index.entries]
 
+    def collections(self) -> dict[str, tuple[str, ...]]:
+        """The knowledge collections of every routable adapter that has some: where retrieval can route to."""
+        return {entry.name: entry.collections for entry in self._index.entries if entry.collections}
+
     @functools.cached_property
     def reads_cjk(self) -> bool:
         """Whether the encoder's vocabulary covers Chinese, Japanese and Korean text."""
@@ -241,7 +254,7 @@ class Router:
                 cut = self.config.max_chars
                 examples = tuple(dict.fromkeys(t.strip()[:cut] for t in manifest.examples if t.strip()))
                 keywords = tuple(dict.fromkeys(k.strip() for k in manifest.keywords if k.strip()))
-                signature = (manifest.key, examples, keywords)
+                signature = (manifest.key, examples, keywords, tuple(manifest.collections))
                 previous = self._entries.get(manifest.name)
                 current = previous if previous is not None and previous.signature == signature else None
                 if not manifest.enabled:
@@ -262,6 +275,7 @@ class Router:
                         vectors=np.zeros((0, 0), dtype=np.float32),  # filled below, after one batched encode
                         tokens=tuple(tuple(tokenize(t)) for t in examples),
                         keywords=tuple(k for k in (frozenset(tokenize(w)) for w in keywords) if k),
+                        collections=tuple(manifest.collections),
                     )
                 enabled[manifest.name] = current
             new_texts = list(dict.fromkeys(t for name in pending for t in enabled[name].texts if t not in known))
@@ -271,7 +285,9 @@ class Router:
             for name in pending:
                 entry = enabled[name]
                 vectors = np.array([known[t] for t in entry.texts], dtype=np.float32).reshape(len(entry.texts), dim)
-                enabled[name] = _Entry(entry.name, entry.signature, entry.texts, vectors, entry.tokens, entry.keywords)
+                enabled[name] = _Entry(
+                    entry.name, entry.signature, entry.texts, vectors, entry.tokens, entry.keywords, entry.collections
+                )
             removed = sorted(self._index.names - set(enabled))
             self._entries = {**dormant, **enabled}
             self._index = _Index.build(enabled, dim)
@@ -316,33 +332,58 @@ class Router:
             results.append(scores)
         return results
 
-    def route(self, message: str, previous: str | None = None) -> Route:
+    def route(self, message: str, previous: str | None = None, retrieval: dict[str, float] | None = None) -> Route:
         """The adapter for ``message``, or None for the base model.
 
         ``previous`` is the adapter of the conversation's previous turn: a
         short follow-up ("and for returns?") says too little to route on its
         own, so that adapter gets ``follow_up_bonus`` and keeps the
         conversation unless another adapter still scores higher.
+
+        ``retrieval`` holds, per adapter, the relevance of the best passage in
+        its collections. Routing examples cannot foresee every question a
+        collection answers, and documents added later change nothing in them;
+        so an adapter whose documents answer the message well enough
+        (``retrieval_threshold``) may answer even below the routing threshold,
+        and among the adapters that may, retrieval adds ``retrieval_weight``
+        times its relevance to the routing score.
         """
         text = check_message(message)[: self.config.max_chars]
         scores = self._score_batch(self._index, [text])[0]
+        retrieval = {name: value for name, value in (retrieval or {}).items() if name in scores}
         if not scores:
             return Route(None, 1.0, {}, "no-adapters")
         decisive = dict(scores)
         follow_up = previous in decisive and len(tokenize(text)) <= self.config.follow_up_max_tokens
         if follow_up:
             decisive[previous] += self.config.follow_up_bonus
-        best = max(decisive, key=decisive.get)
-        if decisive[best] < self.config.threshold:
-            return Route(None, 1.0 - max(scores.values()), scores, "below-threshold")
-        reason = "follow-up" if follow_up and best == previous else "routed"
-        return Route(best, min(1.0, decisive[best]), scores, reason)
+        by_examples = {name for name, score in decisive.items() if score >= self.config.threshold}
+        documents_route = self.config.retrieval_threshold < 1.0  # 1 switches retrieval-aware routing off
+        by_documents = {n for n, v in retrieval.items() if documents_route and v >= self.config.retrieval_threshold}
+        if not by_examples | by_documents:
+            return Route(None, 1.0 - max(scores.values()), scores, "below-threshold", retrieval)
+        combined = {
+            name: decisive[name] + self.config.retrieval_weight * retrieval.get(name, 0.0)
+            for name in by_examples | by_documents
+        }
+        best = max(combined, key=combined.get)
+        if best not in by_examples:
+            reason = "retrieval"
+        else:
+            reason = "follow-up" if follow_up and best == previous else "routed"
+        return Route(best, min(1.0, combined[best]), scores, reason, retrieval)
 
-    def choose(self, message: str, requested: str | None = AUTO, previous: str | None = None) -> Route:
+    def choose(
+        self,
+        message: str,
+        requested: str | None = AUTO,
+        previous: str | None = None,
+        retrieval: dict[str, float] | None = None,
+    ) -> Route:
         """The per-request rule: 'auto' (or None) routes, 'base' answers without an adapter, a name is used as is."""
         text = check_message(message)
         if requested in (None, AUTO):
-            return self.route(text, previous)
+            return self.route(text, previous, retrieval)
         if requested == BASE:
             return Route(None, 1.0, {}, "requested")
         if requested not in self._index.names:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.errors import ConfigError
 from knowledge.config import KnowledgeConfig
+from knowledge.grounding.config import GroundingConfig
 from training.config import TrainingDefaults
 
 ENV_PREFIX = "SWITCHBOARD_"
@@ -63,6 +64,20 @@ class RouterConfig(Section):
         le=1.0,
         description="Added to the previous turn's adapter for a follow-up, so it keeps the conversation "
         "unless another adapter still scores higher.",
+    )
+    retrieval_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A message whose best passage in an adapter's collections is at least this relevant goes to "
+        "that adapter even when its routing examples do not cover it; 1 turns retrieval-aware routing off.",
+    )
+    retrieval_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=2.0,
+        description="How much an adapter's retrieval relevance adds to its routing score when adapters compete: "
+        "the one whose documents answer the message wins over one whose examples merely resemble it.",
     )
 
 
@@ -120,6 +135,7 @@ class Settings(Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    grounding: GroundingConfig = Field(default_factory=GroundingConfig)
     training: TrainingDefaults = Field(default_factory=TrainingDefaults)
 
     @property

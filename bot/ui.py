@@ -59,12 +59,23 @@ def _user_errors(fn):
     return wrapper
 
 
+CHECK_NOTES = {
+    "passed": "Every citation and fact of this answer was found in its sources.",
+    "repaired": "Citations of this answer were corrected to the sources that hold its facts.",
+    "replaced": "The generated answer stated something its sources do not hold, so the best-matching passage "
+    "(or the assistant's hand-off) is shown instead.",
+}
+
+
 def answer_note(result: TurnResult) -> dict[str, Any]:
     """The collapsed message under an answer: who answered, how sure the router was, and the sources."""
     who = f"{result.adapter} v{result.adapter_version}" if result.adapter else "base model"
     confidence = "chosen by you" if result.route_reason == "requested" else f"confidence {result.confidence:.2f}"
+    if result.route_reason == "retrieval":
+        confidence += ", chosen for its documents"
     count = len(result.sources)
     title = f"Answered by {who} · {confidence} · {count} source{'s' if count != 1 else ''}"
+    checks = CHECK_NOTES.get(result.checks.action)
     if not result.sources:
         body = "No sources were used for this answer."
     else:
@@ -77,6 +88,11 @@ def answer_note(result: TurnResult) -> dict[str, Any]:
             quoted = "\n".join(f"> {plain(line)}" for line in text.splitlines() if line.strip())
             parts.append(f"**[{source['number']}] {plain(source['source'])}**{section} (score {source['score']:.2f})\n\n{quoted}")
         body = "\n\n".join(parts)
+    if result.route.retrieval:
+        relevance = ", ".join(f"{plain(name)} {value:.2f}" for name, value in sorted(result.route.retrieval.items()))
+        body = f"How well each assistant's documents answer this: {relevance}.\n\n{body}"
+    if checks:
+        body = f"{checks}\n\n{body}"
     return {"role": "assistant", "content": body, "metadata": {"title": title, "status": "done"}}
 
 
@@ -102,6 +118,7 @@ def dataset_markdown(card: dict[str, Any]) -> str:
         f"**{counts['held_out']}** held out, plus **{counts['replay']}** general chats replayed.",
         "",
     ]
+    lines += [f"- **warning**: {plain(warning)}" for warning in card.get("warnings", [])]
     lines += [f"- dropped {n}: {plain(reason)}" for reason, n in card["dropped"].items()] or ["- nothing dropped"]
     scrubbed = ", ".join(f"{n} {plain(kind)}" for kind, n in card["scrubbed"].items())
     lines.append(f"- personal data scrubbed: {scrubbed or 'none found'}")
@@ -123,6 +140,8 @@ def run_markdown(status: dict[str, Any]) -> str:
         if progress["eval_loss"] is not None:
             parts.append(f"held-out loss {progress['eval_loss']:.4f}")
     line = " · ".join(parts)
+    if status.get("outcome"):
+        line = f"{line}\n\n{plain(status['outcome'])}"
     return f"{line}\n\n{plain(status['error'])}" if status.get("error") else line
 
 
@@ -247,14 +266,16 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
     # ---- knowledge
 
     @_user_errors
-    def ingest(token: str, collection: str, files: list[str] | None, progress=gr.Progress(track_tqdm=True)):
+    def ingest(
+        token: str, collection: str, files: list[str] | None, replace: bool, progress=gr.Progress(track_tqdm=True)
+    ):
         require(token)
         collection = (collection or "").strip()
         if not collection:
             raise gr.Error("Name a collection.")
         if not files:
             raise gr.Error("Choose the documents to upload.")
-        report = admin.ingest([(Path(f).name, Path(f)) for f in files], collection, progress=True)
+        report = admin.ingest([(Path(f).name, Path(f)) for f in files], collection, progress=True, replace=replace)
         lines = [f"Ingested {report['documents']} document(s), {report['chunks']} chunk(s) into **{collection}**."]
         lines += [f"- unchanged: {name}" for name in report.get("unchanged", [])]
         lines += [f"- skipped {item['path']}: {item['reason']}" for item in report["skipped"]]
@@ -383,6 +404,12 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
             kb_files = gr.File(
                 label="Documents (.txt .md .html .pdf .docx .csv .jsonl)", file_count="multiple", elem_id="knowledge-files"
             )
+            kb_replace = gr.Checkbox(
+                False,
+                label="Replace documents of the same name",
+                info="Off: a file whose name a different document already has is skipped, and you are told.",
+                elem_id="knowledge-replace",
+            )
             kb_ingest = gr.Button("Upload into collection", variant="primary")
             kb_status = gr.Markdown(elem_id="knowledge-status")
             kb_table = gr.Dataframe(
@@ -444,7 +471,9 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
         blocks.load(lambda: gr.update(choices=adapter_choices()), None, [adapter], **PRIVATE)
 
         kb_listing = [kb_table, kb_source]
-        kb_ingest.click(ingest, [kb_token, kb_collection, kb_files], [kb_status, *kb_listing, kb_collection], **PRIVATE)
+        kb_ingest.click(
+            ingest, [kb_token, kb_collection, kb_files, kb_replace], [kb_status, *kb_listing, kb_collection], **PRIVATE
+        )
         kb_refresh.click(documents, [kb_token, kb_collection], kb_listing, **PRIVATE)
         kb_collection.change(documents, [kb_token, kb_collection], kb_listing, **PRIVATE)
         kb_remove.click(remove_document, [kb_token, kb_collection, kb_source], [kb_status, *kb_listing], **PRIVATE)

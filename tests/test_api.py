@@ -77,13 +77,22 @@ def test_openai_client_streams_a_named_adapter(client, live_server):
     assert first.choices[0].delta.role == "assistant"
     assert first.model_extra["switchboard"]["adapter"] == "legal"  # who answers is known before the first token
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2  # streamed, not one blob
+    contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(contents) == 1  # an answer with sources is released whole, once checked against them
     final = last_choice.model_extra["switchboard"]
     assert last_choice.choices[0].finish_reason in ("stop", "length")
     assert final["adapter"] == "legal" and final["confidence"] == 1.0 and final["message_id"]
     check_sources(final["sources"])
     assert chunks[-1].usage.completion_tokens <= 8
     assert live_server.runtime.log.history(final["conversation_id"], 2)[-1]["content"] == text.strip()
+
+
+def test_an_answer_without_sources_streams_token_by_token(client):
+    stream = client.chat.completions.create(
+        model="base", messages=[{"role": "user", "content": "Say hello."}], stream=True, max_tokens=8
+    )
+    chunks = [c for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(chunks) >= 2  # streamed, not one blob
 
 
 def test_base_model_and_conversation_continuation(client):
@@ -229,7 +238,17 @@ def test_admin_uploads_searches_and_removes_a_document(http, client, live_server
         model="support", messages=[{"role": "user", "content": "How many loyalty club points do tents earn?"}],
         max_tokens=3,
     )
-    assert answer.model_extra["switchboard"]["sources"][0]["source"] == name
+    extra = answer.model_extra["switchboard"]
+    assert extra["sources"][0]["source"] == name
+    assert extra["checks"]["action"] in ("passed", "repaired", "replaced")
+    assert extra["retrieval"] == {}  # a named adapter is not routed, so no retrieval took part in routing
+
+    changed = text.replace("7 points", "9 points").encode()
+    clash = http.post("/admin/knowledge/support", files=[("files", (name, changed))], headers=auth).json()
+    assert clash["documents"] == 0 and "replace=true" in clash["skipped"][0]["reason"]  # an upload proves no path
+    replaced = http.post("/admin/knowledge/support", files=[("files", (name, changed))], data={"replace": "true"},
+                         headers=auth).json()
+    assert replaced["documents"] == 1 and not replaced["skipped"]
     removed = http.delete(f"/admin/knowledge/support/{quote(name)}", headers=auth)
     assert removed.status_code == 200 and removed.json()["chunks"] >= 1
     assert name not in [d["source"] for d in live_server.runtime.knowledge.list_documents("support")]

@@ -22,7 +22,7 @@ from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF
 
 from bot.prompt import build_messages
 from bot.runtime import Runtime
-from training.run import ROUTING_EXAMPLES, TrainRequest, train_adapter
+from training.run import ROUTING_EXAMPLES, TrainRequest, run_outcome, train_adapter
 
 QUESTIONS = [
     "What colour is a lemon?", "How many toes do people have?", "What do hens lay?", "Where does the sun set?",
@@ -144,6 +144,7 @@ def test_a_worse_candidate_is_rejected_force_installs_it_and_rollback_returns(tr
     assert report["installed"] is None and not report["gate"]["install"]
     assert report["gate"]["compared_with"] == "live"
     assert "does not beat the live" in report["gate"]["reasons"][0]
+    assert run_outcome(report).startswith("rejected by the gate, not deployed: held-out loss")
     assert runtime.registry.get("signoff").version == 1 and runtime.registry.revision() == revision
 
     manager = RunManager(runtime)
@@ -154,6 +155,7 @@ def test_a_worse_candidate_is_rejected_force_installs_it_and_rollback_returns(tr
         time.sleep(0.2)
     assert status["state"] == "succeeded", status["error"]
     assert status["report"]["installed"] == {"name": "signoff", "version": 2}
+    assert status["outcome"] == "deployed as signoff v2 (forced past the gate)"
     assert any(s["phase"] == "training" for s in seen)
     assert status["progress"]["step"] == status["progress"]["total"] == 1 and status["progress"]["eta_s"] == 0
     assert json.loads((runtime.settings.runs_dir / run_id / "status.json").read_text())["state"] == "succeeded"

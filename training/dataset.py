@@ -99,8 +99,18 @@ class DatasetCard:
     content_hash: str = field(metadata={"help": "sha256 of the training and held-out examples."})
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
+    @property
+    def warnings(self) -> list[str]:
+        """What an operator should know before training on this data."""
+        if self.counts.get("held_out"):
+            return []
+        return [
+            "nothing is held out, so the gate has no held-out loss to compare and can only reject the candidate: "
+            "collect at least 4 usable turns, or raise holdout_fraction (or train with --force)"
+        ]
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "warnings": self.warnings}
 
 
 @dataclass
@@ -166,6 +176,9 @@ def _log_examples(log: ConversationLog, filters: LogFilters, include_sources: bo
         wanted = filters.rating == "any" or turn.rating == filters.rating
         if not wanted and not (filters.include_corrections and turn.corrected):
             dropped[f"rating is not {filters.rating}"] += 1
+            continue
+        if turn.failed_checks and not turn.corrected:
+            dropped["answer failed the source checks and has no correction"] += 1
             continue
         examples.append((turn.user, turn_to_chat(turn, include_sources)))
     return examples

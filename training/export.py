@@ -33,6 +33,7 @@ def export_turns(
                 "adapter_version": turn.adapter_version,
                 "rating": turn.rating,
                 "corrected": turn.corrected,
+                "checks": turn.checks["action"] if turn.checks else None,
                 "created_at": turn.created_at,
             },
         }

@@ -98,6 +98,16 @@ def parse_request(data: dict[str, Any]) -> TrainRequest:
         raise InvalidRequestError(f"training request: {where + ': ' if where else ''}{message}") from None
 
 
+def run_outcome(report: dict[str, Any]) -> str:
+    """One line on what a finished run changed: deployed, or rejected by the gate with its reasons."""
+    installed = report.get("installed")
+    if installed:
+        forced = " (forced past the gate)" if report.get("gate", {}).get("forced") else ""
+        return f"deployed as {installed['name']} v{installed['version']}{forced}"
+    reasons = "; ".join(r for r in report.get("gate", {}).get("reasons", []))
+    return f"rejected by the gate, not deployed: {reasons}" if reasons else "not deployed: nothing changed"
+
+
 def new_run_id() -> str:
     return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 

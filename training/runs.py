@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from bot.cores import use_all
 from bot.errors import LockedError, NotFoundError, SwitchboardError
 from training.finetune import Progress
-from training.run import TrainRequest, new_run_id, parse_request, train_adapter, write_json_atomic
+from training.run import TrainRequest, new_run_id, parse_request, run_outcome, train_adapter, write_json_atomic
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")  # rejected: the gate said no
 
 
 class RunManager:
@@ -51,6 +51,7 @@ class RunManager:
                 "losses": [],
                 "report": None,
                 "error": None,
+                "outcome": None,
                 "started_at": time.time(),
                 "finished_at": None,
             }
@@ -136,7 +137,8 @@ class RunManager:
         except Exception as exc:  # a background thread has no one else to tell
             self._update(run_id, state="failed", error=f"{type(exc).__name__}: {exc}", report=_read_report(self.runtime, run_id), finished_at=time.time())
         else:
-            self._update(run_id, state="succeeded", report=report, finished_at=time.time())
+            state = "succeeded" if report.get("installed") else "rejected"
+            self._update(run_id, state=state, outcome=run_outcome(report), report=report, finished_at=time.time())
 
 
 def _read_report(runtime: "Runtime", run_id: str) -> dict[str, Any] | None:

@@ -40,7 +40,8 @@ def route(
     as_json: bool = JSON_OPTION,
     home: str = HOME_OPTION,
 ) -> None:
-    """Show which adapter a message goes to (null: the base model), how sure the router is, and every score."""
+    """Show which adapter a message goes to (null: the base model), how sure the router is, every score, and how
+    well each adapter's documents answer the message (strong retrieval routes on its own)."""
     if eval_file is None and set_threshold:
         raise InvalidRequestError("--set-threshold needs --eval FILE: it stores the threshold found on that file")
     if message is None and eval_file is None:
@@ -54,7 +55,12 @@ def route(
     settings = settings_from(home)
     runtime = Runtime(settings)
     if eval_file is None:
-        result = runtime.router.route(message, previous=previous)
+        from bot.pipeline import Pipeline
+        from knowledge.base import KnowledgeBase
+
+        # Read-only, as `switchboard chat`: retrieval takes part in routing, and a running server holds the lock.
+        with KnowledgeBase(settings, runtime.encoder, read_only=True) as knowledge:
+            result = Pipeline(runtime, knowledge=knowledge).route(message, previous=previous)
         emit(result.to_dict(), as_json, _route_text(result.to_dict()))
         return
     from bot.calibration import calibrate, read_labelled
@@ -69,8 +75,10 @@ def route(
 def _route_text(result: dict) -> str:
     chosen = result["adapter"] or "base model"
     lines = [f"{chosen}  (confidence {result['confidence']:.3f}, {result['reason']})"]
+    retrieval = result.get("retrieval", {})
     for name, score in sorted(result["scores"].items(), key=lambda item: -item[1]):
-        lines.append(f"  {name:<20} {score:.3f}")
+        documents = f"  documents {retrieval[name]:.3f}" if name in retrieval else ""
+        lines.append(f"  {name:<20} {score:.3f}{documents}")
     return "\n".join(lines)
 
 

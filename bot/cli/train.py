@@ -69,6 +69,8 @@ class _ProgressBar:
 
 
 def _summary(report: dict) -> str:
+    from training.run import run_outcome
+
     lines = [f"run {report['run_id']} ({report['run_dir']})"]
     card = report.get("dataset", {})
     if card:
@@ -77,13 +79,13 @@ def _summary(report: dict) -> str:
             f"data: {counts['train']} training, {counts['held_out']} held out, {counts['replay']} replayed;"
             f" dropped {sum(card['dropped'].values())}, scrubbed {sum(card['scrubbed'].values())}"
         )
+        lines += [f"warning: {warning}" for warning in card.get("warnings", [])]
     training = report.get("training")
     if training:
         lines.append(f"trained {training['steps']} steps in {training['seconds']:.0f}s ({training['tokens_per_s']:.0f} tokens/s)")
     for reason in report.get("gate", {}).get("reasons", []):
         lines.append(f"gate: {reason}")
-    installed = report.get("installed")
-    lines.append(f"installed {installed['name']} v{installed['version']}" if installed else "not installed: nothing changed")
+    lines.append(run_outcome(report))
     return "\n".join(lines)
 
 

@@ -1,0 +1,67 @@
+"""The answer a failed check falls back to: the sentence of the sources that best matches the question, quoted.
+
+A quote cannot contradict its source, and with its citation a reader can
+check it; when no sentence shares enough words with the question, quoting
+would answer something else, and the adapter's own no-answer voice (a
+hand-off, a refusal) is the honest reply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from knowledge.lexical import tokenize
+from knowledge.passage import Passage
+
+_SENTENCES = re.compile(r"[^.!?。！？\n]+(?:[.!?。！？]+|\n|$)")
+_MAX_QUOTE_CHARS = 320
+_SHORT_SENTENCE_CHARS = 60  # a sentence this short is quoted with the next one, which usually completes it
+# Words of every question that say nothing of its subject: a quote sharing only these answers something else.
+_FILLER = frozenset(
+    "you your yours we our us it its s t they them their this that there here get got have has had am is are was "
+    "were be been will much many long any some please tell know want need like one".split()
+)
+_INTROS = {
+    "en": "Here is what our sources say: “{quote}” {cite}",
+    "zh": "资料原文：「{quote}」{cite}",
+}
+
+
+@dataclass(frozen=True)
+class Quote:
+    number: int  # the [n] of the passage quoted
+    text: str
+    overlap: float  # share of the question's words the quote holds
+
+
+def best_quote(question: str, passages: Sequence[Passage]) -> Quote | None:
+    """The sentence (with its short neighbour) holding most of the question's words; earlier passages win ties."""
+    wanted = set(tokenize(question)) - _FILLER
+    if not wanted:
+        return None
+    best: Quote | None = None
+    for number, passage in enumerate(passages, start=1):
+        sentences = [s.strip() for s in _SENTENCES.findall(passage.text) if s.strip()]
+        for i, sentence in enumerate(sentences):
+            text = sentence
+            if len(text) < _SHORT_SENTENCE_CHARS and i + 1 < len(sentences):
+                text = f"{text} {sentences[i + 1]}"
+            overlap = len(wanted & set(tokenize(text))) / len(wanted)
+            if best is None or overlap > best.overlap:
+                best = Quote(number, _shorten(text), overlap)
+    return best
+
+
+def quote_answer(quote: Quote, question: str) -> str:
+    """The quote in the question's language, with its citation."""
+    language = "zh" if re.search(r"[\u4e00-\u9fff]", question) else "en"
+    return _INTROS[language].format(quote=quote.text, cite=f"[{quote.number}]")
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) <= _MAX_QUOTE_CHARS:
+        return text
+    return text[: _MAX_QUOTE_CHARS - 1].rsplit(" ", 1)[0] + "…"
