@@ -449,7 +449,7 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
                         choices=dtype_choices("merged"), value=DEFAULT_DTYPE, label="Precision", info=DTYPE_HELP,
                         elem_id="export-dtype",
                     )
-                    ex_version = gr.Number(label="Version (empty: the served one)", precision=0, minimum=1)
+                    ex_version = gr.Number(label="Version (empty or 0: the served one)", precision=0)
                 ex_button = gr.Button("Export", variant="primary", elem_id="export-button")
                 ex_status = gr.Markdown(elem_id="export-status")
                 ex_file = gr.File(label="Download", interactive=False, elem_id="export-file")

@@ -409,3 +409,29 @@ def test_admin_api_exports_and_serves_a_zip_with_the_token_only(live_server, tmp
     with zipfile.ZipFile(archive) as bundle:
         names = set(bundle.namelist())
     assert {f"{result['id']}/{f['path']}" for f in result["files"]} == names
+
+
+def test_ui_adapters_tab_exports_with_progress_and_offers_the_zip(live_server, browser, tmp_path):
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(live_server.url)
+    page.get_by_role("tab", name="Adapters").click()
+    page.locator("#adapters-token input").fill(live_server.token)
+    page.get_by_role("button", name="Show adapters").click()
+    expect(page.locator("#adapters-table")).to_contain_text("legal", timeout=30_000)
+    page.get_by_text("Export for transformers, vLLM, llama.cpp or Ollama").click()
+    page.locator("#export-format input").click()
+    page.get_by_role("option", name="peft").click()
+    page.get_by_role("button", name="Export", exact=True).click()
+    expect(page.locator("#export-status")).to_contain_text("Exported legal v1 as peft", timeout=60_000)
+    expect(page.locator("#export-status")).to_contain_text("--enable-lora --lora-modules legal=legal-v1-peft")
+    with page.expect_download() as info:
+        page.locator("#export-file a").first.click()
+    archive = tmp_path / "download.zip"
+    info.value.save_as(archive)
+    page.close()
+    with zipfile.ZipFile(archive) as bundle:
+        assert "legal-v1-peft/adapter_model.safetensors" in bundle.namelist()
