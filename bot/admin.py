@@ -178,8 +178,8 @@ class Admin:
         from training.artifacts.config import export_config
 
         manifest = self.runtime.registry.get(name, version)
-        probe = export_config(format=format, out=self.exports_dir, dtype=dtype)
-        export_id = "-".join(p for p in (manifest.name, f"v{manifest.version}", format, probe.precision) if p)
+        precision = export_config(format=format, out=self.exports_dir, dtype=dtype).precision
+        export_id = "-".join(p for p in (manifest.name, f"v{manifest.version}", format, precision) if p)
         config = export_config(format=format, out=self.exports_dir / export_id, dtype=dtype, force=True)
         if not self._exporting.acquire(blocking=False):
             raise LockedError("an export is already running; try again when it has finished")

@@ -20,6 +20,7 @@ from adapters.validation import WEIGHTS_FILE, validate_adapter
 from bot.errors import InvalidAdapterError
 from bot.settings import Settings
 from training.artifacts.config import ExportConfig
+from training.artifacts.merged import model_card
 from training.artifacts.staging import check_space, check_target, describe_files, staged_folder
 
 Progress = Callable[[float, str], None]
@@ -104,8 +105,6 @@ def export_adapter(
     check_space(_existing_parent(target), estimate_bytes(settings, manifest, config), config.keep_free_bytes)
     with staged_folder(target, config.force) as stage:
         usage = WRITERS[config.format](settings, manifest, config, stage, target, progress)
-        from training.artifacts.merged import model_card
-
         artefact = f"{config.format}, {config.precision}" if config.precision else config.format
         card = model_card(manifest, settings, artefact, usage, _run_report(settings, manifest))
         (stage / "README.md").write_text(card, encoding="utf-8")
