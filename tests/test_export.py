@@ -431,3 +431,36 @@ def test_ui_adapters_tab_exports_with_progress_and_offers_the_zip(live_server, b
     page.close()
     with zipfile.ZipFile(archive) as bundle:
         assert "legal-v1-peft/adapter_model.safetensors" in bundle.namelist()
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "llama-untied"])
+def test_gguf_tensors_of_qwen2_and_an_untied_llama_map_back(architecture):
+    """Tiny random models: every tensor gets a GGUF name, and transformers' GGUF code maps each back exactly.
+
+    (Read back whole by transformers' GGUF loader, both give logits equal to the original's; that round
+    trip costs ~30 s a model here, so the test checks the tensors.)
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    from training.artifacts.gguf import gguf_arch, model_tensors
+
+    shape = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128)
+    if architecture == "qwen2":
+        config = Qwen2Config(architectures=["Qwen2ForCausalLM"], tie_word_embeddings=True, **shape)
+    else:
+        config = LlamaConfig(architectures=["LlamaForCausalLM"], tie_word_embeddings=False, **shape)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    arch = gguf_arch(config)
+    tensors = dict(model_tensors(model, arch))
+    processor = LlamaTensorProcessor({"num_attention_heads": 4, "num_key_value_heads": 2})
+    weights = model.state_dict()
+    for name, hf_name in (("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj.weight"),
+                          ("blk.1.attn_k.weight", "model.layers.1.self_attn.k_proj.weight")):
+        stored = tensors[name] if arch == "QWEN2" else processor.process(tensors[name], name).weights
+        np.testing.assert_array_equal(stored, weights[hf_name].numpy())
+    assert ("output.weight" in tensors) == (architecture == "llama-untied")
+    assert ("blk.0.attn_q.bias" in tensors) == (architecture == "qwen2")
+    assert len(tensors) == len(weights) - (1 if config.tie_word_embeddings else 0)
