@@ -31,7 +31,7 @@ $(BROWSER_STAMP):
 	touch $@
 
 # bench/common.py and bench/load.py are shared pieces, not benchmarks.
-BENCHMARKS := adapters knowledge router chat serving training answers
+BENCHMARKS := adapters knowledge router chat serving training answers export
 
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do $(BIN)/python bench/$$b.py || exit 1; done

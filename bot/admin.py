@@ -10,8 +10,11 @@ knowledge base) so it is live without a restart.
 from __future__ import annotations
 
 import hmac
+import os
+import re
 import shutil
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -20,13 +23,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 from adapters.manifest import Manifest
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
-from bot.errors import InvalidRequestError, SwitchboardError
+from bot.errors import InvalidRequestError, LockedError, NotFoundError, SwitchboardError
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 Upload = tuple[str, "IO[bytes] | Path"]
 COPY_CHUNK = 1 << 20
+EXPORT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*-v[0-9]+-(merged|gguf|ollama|peft)(-[a-z0-9_]+)?$")
 
 
 class UnauthorizedError(SwitchboardError):
@@ -71,6 +75,7 @@ class Admin:
 
     def __init__(self, runtime: "Runtime") -> None:
         self.runtime = runtime
+        self._exporting = threading.Lock()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -155,6 +160,61 @@ class Admin:
         if not (target / CONFIG_FILE).is_file():
             raise InvalidRequestError(f"{archive.name}: no {CONFIG_FILE} inside (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
         return target
+
+    # ---- exports
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.runtime.settings.home / "exports"
+
+    def export_adapter(
+        self, name: str, format: str, version: int | None = None, dtype: str | None = None, progress=None
+    ) -> dict[str, Any]:
+        """Build an export under the home's ``exports/`` (replacing an older build of the same one), one at a time.
+
+        The result names the export by its id, never by its path on the server.
+        """
+        from training.artifacts.builder import export_adapter
+        from training.artifacts.config import export_config
+
+        manifest = self.runtime.registry.get(name, version)
+        precision = export_config(format=format, out=self.exports_dir, dtype=dtype).precision
+        export_id = "-".join(p for p in (manifest.name, f"v{manifest.version}", format, precision) if p)
+        config = export_config(format=format, out=self.exports_dir / export_id, dtype=dtype, force=True)
+        if not self._exporting.acquire(blocking=False):
+            raise LockedError("an export is already running; try again when it has finished")
+        try:
+            self._archive_path(export_id).unlink(missing_ok=True)
+            kwargs = {"progress": progress} if progress else {}
+            result = export_adapter(self.runtime.settings, self.runtime.registry, name, config, manifest.version, **kwargs)
+        finally:
+            self._exporting.release()
+        folder = result.pop("out")
+        result["usage"] = [line.replace(folder, export_id) for line in result["usage"]]
+        return {"id": export_id, **result, "download": f"/admin/exports/{export_id}.zip"}
+
+    def _archive_path(self, export_id: str) -> Path:
+        return self.exports_dir / f"{export_id}.zip"
+
+    def export_archive(self, export_id: str) -> Path:
+        """One zip of a finished export (built on first request, stored: weights barely compress)."""
+        if not EXPORT_ID.match(export_id) or not (self.exports_dir / export_id).is_dir():
+            raise NotFoundError(f"no export named {export_id!r}; build it first")
+        archive = self._archive_path(export_id)
+        if not archive.is_file():
+            folder = self.exports_dir / export_id
+            fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}-", dir=self.exports_dir)
+            os.close(fd)
+            try:
+                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as bundle:
+                    for path in sorted(folder.rglob("*")):
+                        if path.is_file():
+                            bundle.write(path, f"{export_id}/{path.relative_to(folder)}")
+                os.replace(tmp, archive)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return archive
 
     # ---- knowledge
 

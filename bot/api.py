@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -30,6 +30,7 @@ from bot.errors import BusyError, ConfigError, InvalidRequestError, SwitchboardE
 from bot.pipeline import TurnRequest, TurnResult
 from bot.runtime import Runtime
 from bot.settings import Settings
+from training.artifacts.config import DTYPE_HELP, FORMAT_HELP
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,14 @@ class FeedbackRequest(BaseModel):
     rating: Literal["up", "down"]
     comment: str | None = Field(None, max_length=10_000)
     correction: str | None = Field(None, max_length=100_000, description="What the answer should have said.")
+
+
+class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["merged", "gguf", "ollama", "peft"] = Field(description=FORMAT_HELP)
+    version: int | None = Field(None, ge=1, description="Adapter version; default: the one being served.")
+    dtype: str | None = Field(None, description=DTYPE_HELP)
 
 
 async def read_json(request: Request) -> Any:
@@ -436,6 +445,17 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         admin.remove_adapter(name)
         return {"name": name, "removed": True}
 
+    @app.post("/admin/adapters/{name}/export", dependencies=guarded, status_code=201)
+    async def export_adapter(name: str, request: Request) -> dict[str, Any]:
+        """Build an export (ExportRequest as JSON); the answer lists the files and where to download them."""
+        body = await parse_json(request, ExportRequest)
+        return await run_in_threadpool(admin.export_adapter, name, body.format, body.version, body.dtype)
+
+    @app.get("/admin/exports/{export_id}.zip", dependencies=guarded)
+    async def download_export(export_id: str) -> FileResponse:
+        archive = await run_in_threadpool(admin.export_archive, export_id)
+        return FileResponse(archive, media_type="application/zip", filename=archive.name)
+
     @app.get("/admin/knowledge", dependencies=guarded)
     def list_knowledge() -> list[dict[str, Any]]:
         return runtime.knowledge.list_collections()
@@ -473,7 +493,8 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
 
         blocks = build_ui(runtime, admin)
         app = gr.mount_gradio_app(
-            app, blocks, path="/", max_file_size=settings.server.max_upload_bytes, ssr_mode=False, footer_links=[]
+            app, blocks, path="/", max_file_size=settings.server.max_upload_bytes, ssr_mode=False, footer_links=[],
+            allowed_paths=[str(admin.exports_dir)],  # the Adapters tab offers exports for download
         )
     return app
 

@@ -24,6 +24,7 @@ import gradio as gr
 from bot.admin import Admin, check_token, split_commas, split_lines
 from bot.errors import InvalidRequestError, SwitchboardError
 from bot.pipeline import TurnRequest, TurnResult
+from training.artifacts.config import DTYPE_HELP, DTYPES, FORMAT_HELP, FORMATS
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -39,6 +40,7 @@ TRAIN_FIELDS = (
     "max_steps", "golden", "force",
 )  # the TrainRequest fields of the Training tab's controls, in their order
 VARIANTS = (("candidate", "candidate"), ("live", "live version"), ("base", "base"))
+DEFAULT_DTYPE = "default"
 
 
 def plain(text: str) -> str:
@@ -363,6 +365,21 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
         return run
 
     @_user_errors
+    def export(token: str, name: str | None, fmt: str, dtype: str | None, version, progress=gr.Progress()):
+        require(token)
+        if not name:
+            raise gr.Error("Choose an adapter.")
+        result = admin.export_adapter(
+            name,
+            fmt,
+            int(version) if version else None,
+            None if dtype in (None, "", DEFAULT_DTYPE) else dtype,
+            progress=lambda fraction, message: progress(fraction, desc=message),
+        )
+        archive = admin.export_archive(result["id"])
+        return export_markdown(result), str(archive)
+
+    @_user_errors
     def try_router(token: str, message: str) -> dict:
         require(token)
         if not (message or "").strip():
@@ -450,6 +467,19 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
                 ad_system = gr.Textbox(label="System prompt", lines=3)
                 ad_no_answer = gr.Textbox(label="Reply when the sources do not answer", lines=2)
                 ad_install = gr.Button("Install", variant="primary")
+            with gr.Accordion("Export for transformers, vLLM, llama.cpp or Ollama", open=False):
+                with gr.Row():
+                    ex_format = gr.Dropdown(
+                        choices=list(FORMATS), value="merged", label="Format", info=FORMAT_HELP, elem_id="export-format"
+                    )
+                    ex_dtype = gr.Dropdown(
+                        choices=dtype_choices("merged"), value=DEFAULT_DTYPE, label="Precision", info=DTYPE_HELP,
+                        elem_id="export-dtype",
+                    )
+                    ex_version = gr.Number(label="Version (empty or 0: the served one)", precision=0)
+                ex_button = gr.Button("Export", variant="primary", elem_id="export-button")
+                ex_status = gr.Markdown(elem_id="export-status")
+                ex_file = gr.File(label="Download", interactive=False, elem_id="export-file")
             with gr.Row():
                 ad_route_message = gr.Textbox(label="Try the router on a message", scale=3, elem_id="route-message")
                 ad_route = gr.Button("Route", scale=1)
@@ -489,10 +519,26 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
         )
         for button, action in ((ad_enable, "enable"), (ad_disable, "disable"), (ad_remove, "remove")):
             button.click(change(action), [ad_token, ad_name_select], ad_view, **PRIVATE)
+        ex_format.change(lambda f: gr.update(choices=dtype_choices(f), value=DEFAULT_DTYPE), [ex_format], [ex_dtype], **PRIVATE)
+        ex_button.click(
+            export, [ad_token, ad_name_select, ex_format, ex_dtype, ex_version], [ex_status, ex_file], **PRIVATE
+        )
         ad_route.click(try_router, [ad_token, ad_route_message], [ad_route_result], **PRIVATE)
 
     blocks.queue(default_concurrency_limit=settings.server.ui_concurrency)
     return blocks
+
+
+def dtype_choices(fmt: str) -> list[str]:
+    return [DEFAULT_DTYPE, *DTYPES.get(fmt, ())]
+
+
+def export_markdown(result: dict[str, Any]) -> str:
+    """The files of an export with sizes and checksums, and what to run on the other side."""
+    lines = [f"Exported **{result['adapter']}** v{result['version']} as {result['format']} ({result['seconds']} s):", ""]
+    lines += [f"- `{f['path']}` {f['bytes'] / 1e6:,.1f} MB, sha256 `{f['sha256'][:16]}…`" for f in result["files"]]
+    lines += ["", "Run it with:", "", "```", *result["usage"], "```"]
+    return "\n".join(lines)
 
 
 def training_controls(

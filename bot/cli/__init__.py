@@ -22,7 +22,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bot.cli import adapters, bootstrap, chat, kb, route, serve
+    from bot.cli import adapters, bootstrap, chat, export, kb, route, serve
 
     app.add_typer(adapters.app, name="adapters")
     chat.register(app)
@@ -30,6 +30,7 @@ def _register() -> None:
     route.register(app)
     serve.register(app)
     bootstrap.register(app)
+    export.register(app)
     from bot.cli import train  # conversation log export, training and evaluation
     train.register(app)
 
