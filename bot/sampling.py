@@ -59,6 +59,7 @@ class RowSampler:
         if self.options.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < self.options.top_p
+            keep[0] = True  # a top_p below float32's smallest value (1e-300) rounds to 0 and would keep nothing
             sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
             choice = torch.multinomial(sorted_probs, 1, generator=self.generator)
             return int(order[choice])

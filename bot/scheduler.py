@@ -207,10 +207,11 @@ class Scheduler:
                 try:
                     if not self._turn(batch):
                         break
-                except Exception as exc:  # a bug outside a step: fail what runs, start again, never hang
-                    log.exception("the scheduler loop failed; failing its %d running rows and starting again", len(self._running))
+                except Exception as exc:  # a bug outside a step: fail what is in flight, start again, never hang
+                    log.exception("the scheduler loop failed; failing the requests in flight and starting again")
                     self.restarts += 1
                     self._fail_running(batch, exc)
+                    self._fail_waiting(_as_generation_error(exc))  # one of them may be what failed the loop
                     batch = Batch(self.engine)
         finally:
             self._shutdown(batch)
@@ -247,6 +248,12 @@ class Scheduler:
                     self._finish(finished)
                     self.steps += 1
         return True
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+        for ticket, _ in waiting:
+            ticket._finish(error=error)
 
     def _fail_running(self, batch: Batch, exc: BaseException) -> None:
         try:
@@ -303,15 +310,14 @@ class Scheduler:
         """The worker ends (stopped, or died): every request it holds or would take gets an answer."""
         with self._wake:
             self._stopping = True
-            waiting, self._waiting = list(self._waiting), deque()
         try:
             self._finish(batch.abandon())
         except Exception:
             log.exception("the batch could not be released at shutdown")
+        gone = BusyError("the server is shutting down", retry_after=5.0)
         for row in list(self._running):  # rows a failed release left behind
-            self._running.pop(row)._finish(error=BusyError("the server is shutting down", retry_after=5.0))
-        for ticket, _ in waiting:
-            ticket._finish(error=BusyError("the server is shutting down", retry_after=5.0))
+            self._running.pop(row)._finish(error=gone)
+        self._fail_waiting(gone)
 
 
 def _as_generation_error(exc: BaseException) -> SwitchboardError:
