@@ -10,14 +10,13 @@ only up to ``--baseline-up-to`` messages. Medians of ``--runs``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import median_seconds  # noqa: E402
 from bot.pipeline import Pipeline  # noqa: E402
 from bot.prompt import build_messages  # noqa: E402
 from bot.runtime import Runtime  # noqa: E402
@@ -38,15 +37,6 @@ def rerendering_trim(engine, history: list[dict], room: int) -> list[dict]:
     while history and engine.count_tokens(build_messages(MESSAGE, [], None, history)) > room:
         history = history[2:]
     return build_messages(MESSAGE, [], None, history)
-
-
-def median_seconds(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
