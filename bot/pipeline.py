@@ -365,10 +365,10 @@ class TurnStream:
 
     It can be iterated from a thread (``for``) or from an event loop
     (``async for``) without holding a worker thread while waiting. A consumer
-    that stops early without :meth:`cancel` (a closed browser tab) does not stop
-    the turn: it still finishes and is logged. After :meth:`cancel` (an HTTP
-    client that disconnected) its row leaves the batch within one step and the
-    turn is not logged.
+    that stops early without :meth:`cancel` does not stop the turn: it still
+    finishes and is logged. After :meth:`cancel` (an HTTP client that
+    disconnected, a closed browser tab) its row leaves the batch within one step
+    and the turn is not logged.
     """
 
     _DONE = object()
