@@ -120,9 +120,12 @@ class Manifest:
 
     @classmethod
     def read(cls, folder: Path, status: str = "enabled") -> Manifest:
-        data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-        known = {f.name for f in fields(cls)}
-        manifest = cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+            known = {f.name for f in fields(cls)}
+            manifest = cls(**{k: v for k, v in data.items() if k in known})
+        except (OSError, ValueError, TypeError, RecursionError, AttributeError) as exc:
+            raise InvalidAdapterError(f"{folder.name}/{MANIFEST_FILE}: unreadable ({type(exc).__name__})") from None
         manifest.status = status
         manifest.path = str(folder)
         return manifest

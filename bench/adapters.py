@@ -21,22 +21,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import AutoConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from bench.common import PROMPTS  # noqa: E402
+from bench.common import PROMPTS, median_seconds  # noqa: E402
 from bot.base_model import load_base, resolve_base_model  # noqa: E402
 from bot.decoding import GenerationRequest  # noqa: E402
 from bot.engine import Engine  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from training.random_adapter import make_random_adapter  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
-
-
-def median_seconds(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def resident_bytes(engine: Engine, keys: list[str], folders: list[Path]) -> list[int]:

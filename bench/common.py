@@ -1,9 +1,11 @@
-"""What the benchmarks share: the prompts they generate for, and reading an OpenAI event stream."""
+"""What the benchmarks share: the prompts they generate for, reading an OpenAI event stream, timing medians."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import statistics
+import time
+from collections.abc import Callable, Iterator
 
 PROMPTS = [
     "How long is the warranty on a backpack?",
@@ -26,3 +28,13 @@ def sse_chunks(response) -> Iterator[dict]:
         if "error" in chunk:
             raise RuntimeError(chunk["error"]["message"])
         yield chunk
+
+
+def median_seconds(fn: Callable[[], object], runs: int) -> float:
+    """The median wall time of ``runs`` calls of ``fn``."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)

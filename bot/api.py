@@ -9,6 +9,7 @@ starts, so a rejected request gets a 4xx status rather than a broken stream.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -26,8 +27,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.admin import Admin, PayloadTooLargeError, check_token, split_commas, split_lines
-from bot.errors import BusyError, ConfigError, InvalidRequestError, SwitchboardError
-from bot.pipeline import TurnRequest, TurnResult
+from bot.errors import BusyError, ConfigError, InvalidRequestError, RequestCancelledError, SwitchboardError
+from bot.pipeline import TurnRequest, TurnResult, TurnStream
 from bot.runtime import Runtime
 from bot.settings import Settings
 from training.artifacts.config import DTYPE_HELP, FORMAT_HELP
@@ -44,6 +45,7 @@ ERROR_TYPES = {
     503: "server_busy",
 }
 MULTIPART_OVERHEAD = 1_000_000  # form fields and part headers around the uploaded files
+DISCONNECT_POLL_S = 0.25  # how often a request waiting for its answer checks that its client is still there
 
 
 # ---- request bodies --------------------------------------------------------------------------------
@@ -251,6 +253,54 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+# ---- client disconnects ------------------------------------------------------------------------------
+
+
+async def unless_disconnected(request: Request, stream: TurnStream, awaitable) -> Any:
+    """Await a step of a turn; if the client disconnects first, cancel the turn's generation and raise.
+
+    A client that goes away must not keep its row: its generation stops within one decoding step.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                stream.cancel()
+                raise RequestCancelledError("the client went away; the generation was stopped")
+    finally:
+        task.cancel()
+
+
+async def drain(stream: TurnStream) -> None:
+    async for _ in stream:
+        pass
+
+
+async def first_piece(pieces: AsyncIterator[str]) -> str:
+    try:
+        return await anext(pieces)
+    except StopAsyncIteration:
+        return ""
+
+
+class TurnEvents(StreamingResponse):
+    """The server-sent events of one turn; when the response ends early (the client disconnected), the turn
+    is cancelled, so its row leaves the batch within one step. Cancelling a finished turn changes nothing."""
+
+    def __init__(self, content: AsyncIterator[str], turn_stream: TurnStream, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.turn_stream = turn_stream
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.turn_stream.cancel()
+
+
 def check_bind(host: str, admin_token: str | None) -> None:
     """Without an admin token the admin routes are open, so only this machine may reach them."""
     if admin_token:
@@ -310,17 +360,14 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not body.stream:
-            async for _ in stream:
-                pass
+            await unless_disconnected(request, stream, drain(stream))
             return completion_body(completion_id, created, stream.result)
         pieces = stream.__aiter__()
-        try:
-            first = await anext(pieces)  # an error before the first piece is still an HTTP error
-        except StopAsyncIteration:
-            first = ""
+        first = await unless_disconnected(request, stream, first_piece(pieces))  # an error before it is an HTTP error
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(
+        return TurnEvents(
             _events(completion_id, created, turn, first, pieces, stream, include_usage),
+            stream,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -399,6 +446,8 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
+        if "scheduler" in runtime.__dict__ and not runtime.scheduler.alive:
+            return error_response(503, "the generation worker is not running; see the server log")
         adapters = [{"name": m.name, "version": m.version, "status": m.status} for m in runtime.registry.list()]
         return {"status": "ok", "base_model": settings.base_model, "adapters": adapters}
 
@@ -537,10 +586,15 @@ def warm(runtime: Runtime) -> None:
         log.info("loading %s ...", label)
         step()
         log.info("loaded %s in %.1fs", label, time.perf_counter() - started)
+    runtime.registry.check_installed()  # an adapter damaged on disk is disabled here, never fatal
     enabled = [m for m in runtime.registry.list() if m.enabled][: runtime.settings.max_resident_adapters]
     for manifest in enabled:
         started = time.perf_counter()
-        runtime.engine.activate([runtime.engine.ensure(manifest)])
+        try:
+            runtime.engine.activate([runtime.engine.ensure(manifest)])
+        except SwitchboardError as exc:
+            log.warning("adapter %s v%d could not be loaded; it loads on demand: %s", manifest.name, manifest.version, exc)
+            continue
         log.info("loaded adapter %s v%d in %.1fs", manifest.name, manifest.version, time.perf_counter() - started)
 
 

@@ -17,12 +17,16 @@ lock around each call: adapters may be loaded or evicted only between steps.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
 from bot.decoding import DecodeRow
 from bot.prefix_cache import Layers
 from bot.sampling import choose_tokens
+
+log = logging.getLogger(__name__)
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -142,12 +146,24 @@ class Batch:
         return self.retire()
 
     def _choose(self, rows: list[DecodeRow], logits: torch.Tensor) -> torch.Tensor:
-        """Each row's next token (padding for a finished row), pushed to its stream; the tokens the next step feeds."""
+        """Each row's next token (padding for a finished row), pushed to its stream; the tokens the next step feeds.
+
+        A row whose choice or stream fails ends alone (:meth:`DecodeRow.fail`) and is retired with the
+        finished ones; the other rows of the step keep their tokens.
+        """
         pad = self.engine.tokenizer.pad_token_id
         chosen = choose_tokens(logits, [row.sampler for row in rows], [row.generated for row in rows])
-        tokens = [pad if row.done else token for row, token in zip(rows, chosen)]
-        for row, token in zip(rows, tokens):
-            row.push(token)
+        tokens = []
+        for row, token in zip(rows, chosen):
+            if isinstance(token, Exception):
+                log.error("sampling failed for one row (%s: %s); ending that request", type(token).__name__, token)
+                row.fail(token)
+            try:
+                row.push(pad if row.done else token)
+            except Exception as exc:
+                log.exception("one row failed after its token was chosen; ending that request")
+                row.fail(exc)
+            tokens.append(pad if row.done else token)
         return torch.tensor(tokens, dtype=torch.long, device=self.engine.device)
 
     def retire(self) -> list[DecodeRow]:

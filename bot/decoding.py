@@ -7,11 +7,13 @@ which new text it may release to its stream.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from bot.errors import GenerationError
 from bot.sampling import GenerationOptions, RowSampler
 
 
@@ -21,6 +23,9 @@ class GenerationRequest:
     adapter: str | None = field(default=None, metadata={"help": "Engine key of a loaded adapter; None for the base."})
     options: GenerationOptions = field(default_factory=GenerationOptions)
     on_text: Callable[[str], None] | None = field(default=None, metadata={"help": "Receives each new piece of text."})
+    cancel: threading.Event | None = field(
+        default=None, metadata={"help": "Set by the caller (a client that went away) to stop the row before the next step."}
+    )
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end of turn or a stop string), "length" or "cancelled"
+    finish_reason: str  # "stop" (end of turn or a stop string), "length", "cancelled" or "error"
     token_ids: tuple[int, ...] = ()
 
 
@@ -54,6 +59,7 @@ class DecodeRow:
         self.text = ""
         self.released = 0
         self.finish_reason: str | None = None
+        self.error: GenerationError | None = None
 
     @property
     def done(self) -> bool:
@@ -81,6 +87,14 @@ class DecodeRow:
         if not self.done:
             self.finish_reason = "cancelled"
 
+    def fail(self, exc: BaseException) -> None:
+        """End this row alone with an error (its request fails; the batch goes on without it)."""
+        if not self.done:
+            self.finish_reason = "error"
+            self.error = exc if isinstance(exc, GenerationError) else GenerationError(
+                f"the generation failed ({type(exc).__name__}); other requests are unaffected"
+            )
+
     def _settled_length(self) -> int:
         if self.done:
             return len(self.text)
@@ -101,6 +115,9 @@ class DecodeRow:
         self.released = max(self.released, end)
 
     def result(self) -> Generation:
+        """The finished generation; raises the row's error if it failed."""
+        if self.error is not None:
+            raise self.error
         return Generation(
             text=self.text.strip(),
             prompt_tokens=len(self.prompt_ids),

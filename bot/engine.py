@@ -105,8 +105,13 @@ class Engine:
             self._evict(keep=set(), limit=self.settings.max_resident_adapters - 1)  # its slot is reused
             try:
                 self._slots.load(key, Path(path))
-            except (OSError, ValueError, RuntimeError, KeyError) as exc:
-                raise InvalidAdapterError(f"adapter {key} at {path} could not be loaded: {exc}") from exc
+            except InvalidAdapterError as exc:
+                raise InvalidAdapterError(f"adapter {key.split('__')[0]}: {exc}") from exc
+            except Exception as exc:  # whatever a damaged folder raises fails this adapter's requests, never the engine
+                log.exception("adapter %s could not be loaded from %s", key, path)
+                raise InvalidAdapterError(
+                    f"adapter {key.split('__')[0]} could not be loaded ({type(exc).__name__}); see the server log"
+                ) from exc
             self._resident[key] = Path(path)
             self.adapter_load_seconds.append(time.perf_counter() - started)
 

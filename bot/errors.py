@@ -41,6 +41,18 @@ class BusyError(SwitchboardError):
         self.retry_after = retry_after
 
 
+class GenerationError(SwitchboardError):
+    """One request's generation failed; the requests decoded beside it go on."""
+
+    status_code = 500
+
+
+class RequestCancelledError(SwitchboardError):
+    """The caller went away and its generation was stopped (nothing is answered or logged)."""
+
+    status_code = 499
+
+
 class LockedError(SwitchboardError):
     """Another process holds a single-writer resource."""
 

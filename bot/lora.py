@@ -30,17 +30,22 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from adapters.validation import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    check_config,
+    check_factors,
+    first_non_finite,
+    lora_pairs,
+    pattern_value,
+)
 from bot.errors import InvalidAdapterError
-
-PEFT_PREFIX = "base_model.model."
-FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
 
 
 class SlotLinear(nn.Module):
@@ -199,7 +204,7 @@ class AdapterSlots:
             layer, r = self._layer(module), lora_a.shape[0]
             if lora_a.shape != (r, layer.in_features) or lora_b.shape != (layer.out_features, r):
                 raise InvalidAdapterError(
-                    f"{folder}: LoRA factors of {module} have shapes {list(lora_a.shape)} and {list(lora_b.shape)}, "
+                    f"{WEIGHTS_FILE}: LoRA factors of {module} have shapes {list(lora_a.shape)} and {list(lora_b.shape)}, "
                     f"which do not fit its {layer.in_features}->{layer.out_features} layer"
                 )
         rank = max(lora_a.shape[0] for lora_a, _ in pairs.values())
@@ -217,9 +222,9 @@ class AdapterSlots:
         (about 2 ms in one pass over all factors); a version's folder does not change."""
         if folder in self._finite:
             return
-        if not bool(torch.isfinite(torch.cat([t.reshape(-1).float() for t in factors.values()])).all()):
-            bad = next(f"{module}.lora_{factor}" for (module, factor), t in factors.items() if not torch.isfinite(t).all())
-            raise InvalidAdapterError(f"{folder}: the LoRA factors of {bad} hold NaN or infinite values")
+        bad = first_non_finite({f"{module}.lora_{factor}": t for (module, factor), t in factors.items()})
+        if bad is not None:
+            raise InvalidAdapterError(f"{WEIGHTS_FILE}: tensor {bad} holds NaN or infinite values")
         self._finite.add(folder)
 
     def unload(self, key: str) -> None:
@@ -306,45 +311,25 @@ class AdapterSlots:
 
 def scaling(config: dict, module: str, rank: int) -> float:
     """PEFT's scaling of one module: alpha (or its alpha_pattern entry) over the rank, or its square root (rsLoRA)."""
-    alpha = config.get("lora_alpha", 8)
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            alpha = value
-            break
+    alpha = pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", 8))
     return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
 def read_adapter(folder: Path) -> tuple[dict, dict[tuple[str, str], torch.Tensor]]:
-    """A PEFT LoRA folder's config and its factors by (module, "A" | "B"); refuses what serving cannot apply."""
+    """A PEFT LoRA folder's config and its factors by (module, "A" | "B"); refuses what serving cannot apply.
+
+    The registry ran the same checks at install (:mod:`adapters.validation`); they run again here because
+    the folder is read anew, and a file changed on disk since must fail as this adapter's error.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load
 
     try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-        tensors = load((folder / "adapter_model.safetensors").read_bytes())  # twice as fast as load_file here
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        tensors = load((folder / WEIGHTS_FILE).read_bytes())  # twice as fast as load_file here
     except (OSError, ValueError, SafetensorError) as exc:
-        raise InvalidAdapterError(f"{folder}: not a readable PEFT LoRA folder ({exc})") from exc
-    unsupported = [
-        name
-        for name, present in (
-            ("DoRA", config.get("use_dora")),
-            ("trained biases", config.get("bias", "none") != "none"),
-            ("modules_to_save", config.get("modules_to_save")),
-            ("fan_in_fan_out layers", config.get("fan_in_fan_out")),
-        )
-        if present
-    ]
-    if unsupported:
-        raise InvalidAdapterError(
-            f"{folder}: serving applies plain LoRA on linear layers; {unsupported[0]} is not supported"
-        )
-    factors: dict[tuple[str, str], torch.Tensor] = {}
-    for name, tensor in tensors.items():
-        match = FACTOR.match(name.removeprefix(PEFT_PREFIX))
-        if match is None:
-            raise InvalidAdapterError(f"{folder}: tensor {name} is not a LoRA factor of a linear layer (not supported)")
-        factors[(match["module"], match["factor"])] = tensor
-    unpaired = sorted(module for module, factor in factors if (module, "B" if factor == "A" else "A") not in factors)
-    if unpaired or not factors:
-        raise InvalidAdapterError(f"{folder}: LoRA factors come in A/B pairs; {unpaired[:1] or 'none'} lacks its pair")
+        raise InvalidAdapterError(f"not a readable PEFT LoRA folder ({type(exc).__name__})") from exc
+    check_factors(tensors, check_config(config))
+    pairs = lora_pairs(list(tensors))
+    factors = {(module, kind): tensors[name] for module, names in pairs.items() for kind, name in zip("AB", names)}
     return config, factors

@@ -16,6 +16,7 @@ generation: a small model asked without sources invents facts.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 import time
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 from adapters.manifest import Manifest
 from bot.conversations import MAX_ID_CHARS
 from bot.decoding import Generation, GenerationRequest
-from bot.errors import InvalidRequestError
+from bot.errors import InvalidRequestError, RequestCancelledError
 from bot.prompt import build_messages
 from bot.router import AUTO, Route
 from bot.sampling import GenerationOptions
@@ -90,6 +91,9 @@ class PreparedTurn:
     no_answer: str | None = field(default=None, metadata={"help": "Set when the reply is the adapter's no-answer text."})
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict, metadata={"help": "Seconds spent per stage."})
+    cancel: threading.Event = field(
+        default_factory=threading.Event, metadata={"help": "Set when the caller went away: the generation stops."}
+    )
 
     @property
     def adapter(self) -> str | None:
@@ -295,8 +299,12 @@ class Pipeline:
     def _generate(self, turn: PreparedTurn, on_text: TextCallback) -> Generation:
         """The one generation call of serving: the scheduler batches it with every other caller's."""
         runtime = self.runtime
-        request = GenerationRequest(turn.messages, runtime.engine.ensure(turn.manifest), turn.options, on_text)
-        return runtime.scheduler.submit(request).result()
+        key = runtime.engine.ensure(turn.manifest)
+        request = GenerationRequest(turn.messages, key, turn.options, on_text, cancel=turn.cancel)
+        generation = runtime.scheduler.submit(request).result()
+        if generation.finish_reason == "cancelled":  # nobody reads the answer: it is neither returned nor logged
+            raise RequestCancelledError("the client went away; the generation was stopped")
+        return generation
 
     # ---- stages
 
@@ -365,12 +373,15 @@ class Pipeline:
         room = window - min(options.max_new_tokens, window // 2)
         history = list(history)
         passages = list(passages)
+        tokens = engine.count_tokens(build_messages(message, passages, system, history))
+        if tokens > room and history:
+            history = self._drop_oldest(message, passages, system, history, tokens, tokens - room)
         while True:
             messages = build_messages(message, passages, system, history)
             tokens = engine.count_tokens(messages)
             if tokens <= room:
                 return messages, passages
-            if history:
+            if history:  # the estimate fell a little short: one more pair
                 history = history[2:] if len(history) > 1 else []
             elif len(passages) > 1:
                 passages.pop()
@@ -380,6 +391,25 @@ class Pipeline:
                 raise InvalidRequestError(
                     f"the message is too long: its prompt is {tokens} tokens and the model's context window is {window}"
                 )
+
+    def _drop_oldest(
+        self, message: str, passages: list[Passage], system: str | None, history: list[dict], tokens: int, excess: int
+    ) -> list[dict]:
+        """History without the fewest oldest pairs whose tokens cover ``excess``, in one pass.
+
+        Each message is tokenized once and the template's markup around it is spread evenly, from one
+        rendering without history; re-rendering the prompt per dropped pair made trimming quadratic
+        (3,200 messages took minutes). :meth:`_fit` verifies the result by rendering it once.
+        """
+        engine = self.runtime.engine
+        bare = engine.count_tokens(build_messages(message, passages, system, []))
+        contents = [str(turn.get("content") or "") for turn in history]
+        lengths = [len(ids) for ids in engine.tokenizer(contents, add_special_tokens=False)["input_ids"]]
+        markup = max(0.0, (tokens - bare - sum(lengths)) / len(history))
+        for index, covered in enumerate(itertools.accumulate(n + markup for n in lengths)):
+            if index % 2 == 1 and covered >= excess:  # whole pairs only, oldest first
+                return history[index + 1 :]
+        return []
 
 
 @dataclass(frozen=True)
@@ -406,8 +436,10 @@ class TurnStream:
 
     It can be iterated from a thread (``for``) or from an event loop
     (``async for``) without holding a worker thread while waiting. A consumer
-    that stops early (a closed browser tab) does not stop the turn: it still
-    finishes and is logged.
+    that stops early without :meth:`cancel` does not stop the turn: it still
+    finishes and is logged. After :meth:`cancel` (an HTTP client that
+    disconnected, a closed browser tab) its row leaves the batch within one step
+    and the turn is not logged.
     """
 
     _DONE = object()
@@ -421,6 +453,10 @@ class TurnStream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._work, args=(pipeline,), daemon=True, name="turn")
         self._thread.start()
+
+    def cancel(self) -> None:
+        """The consumer went away: stop the generation before its next step (a finished turn is unaffected)."""
+        self.turn.cancel.set()
 
     def _work(self, pipeline: Pipeline) -> None:
         try:

@@ -9,6 +9,13 @@ Each forward pass carries rows for different adapters (:mod:`bot.lora`); each
 row keeps its own stream, token budget, stop strings, temperature
 and seed.
 
+Failures stay with their request: a row whose sampling or stream fails ends
+alone, a prefill that fails fails only the rows it admitted, and anything else
+that goes wrong in the loop fails the running rows and the loop starts again
+with an empty batch. Should the worker thread die all the same, :attr:`alive`
+turns false (``/health`` answers 503) and every waiting and new request gets a
+:class:`bot.errors.BusyError`: nobody waits on a thread that is gone.
+
 The waiting line is bounded: past ``max_queue`` waiting requests ``submit``
 raises :class:`bot.errors.BusyError` (503 with Retry-After at the HTTP edge)
 instead of building an unbounded backlog. Adapters outside the engine's resident
@@ -30,7 +37,7 @@ from dataclasses import replace
 from bot.batch import Batch
 from bot.cores import use_all
 from bot.decoding import DecodeRow, Generation, GenerationRequest
-from bot.errors import BusyError, SwitchboardError
+from bot.errors import BusyError, GenerationError, SwitchboardError
 from bot.settings import SchedulerConfig
 
 log = logging.getLogger(__name__)
@@ -60,7 +67,8 @@ class Ticket:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        """Cancelled here, or by the caller's own event (a client that went away)."""
+        return self._cancelled.is_set() or (self.request.cancel is not None and self.request.cancel.is_set())
 
     def cancel(self) -> None:
         """Stop this request: a waiting one leaves the queue now, a running one the batch before the next step."""
@@ -114,6 +122,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._seconds_per_request = 0.0  # moving average of admission-to-finish time, for Retry-After
         self.steps = 0
+        self.restarts = 0  # times the loop failed outside a step and started again with an empty batch
 
     # ---- lifecycle
 
@@ -137,6 +146,11 @@ class Scheduler:
     # ---- callers
 
     @property
+    def alive(self) -> bool:
+        """Whether the worker runs: False once it is stopped or died (then every request is refused)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
     def queued(self) -> int:
         return len(self._waiting)
 
@@ -150,7 +164,7 @@ class Scheduler:
         # A bad request fails here, in the caller's thread, before it takes a place in the queue.
         row = self.engine.prepare(replace(request, on_text=ticket._text))
         with self._wake:
-            if self._stopping or self._thread is None:
+            if not self.alive:
                 raise BusyError("the generation scheduler is not running", retry_after=5.0)
             if len(self._waiting) >= self.config.max_queue:
                 raise BusyError(
@@ -188,35 +202,79 @@ class Scheduler:
     def _work(self) -> None:
         use_all(self.config.threads)  # see bot.cores: the decoding thread owns the cores
         batch = Batch(self.engine)
-        while True:
-            with self._wake:
-                while not self._stopping and not self._waiting and not batch:
-                    self._wake.wait()
-                if self._stopping:
-                    break
-            for row, ticket in self._running.items():
-                if ticket.cancelled:
-                    row.cancel()
-            self._finish(batch.retire())
-            admitted = self._admit(batch)
-            try:
-                with self.engine.lock:
-                    if admitted:
-                        self._finish(batch.admit(admitted))
-                    if batch:
-                        self._finish(batch.step())
-                        self.steps += 1
-            except Exception as exc:  # one failed pass fails its rows, never the worker
-                log.exception("a decoding step failed; failing the %d rows in it", len(self._running))
-                batch.abandon()
-                for row in list(self._running):
-                    self._running.pop(row)._finish(error=exc)
-        self._shutdown(batch)
+        try:
+            while True:
+                try:
+                    if not self._turn(batch):
+                        break
+                except Exception as exc:  # a bug outside a step: fail what is in flight, start again, never hang
+                    log.exception("the scheduler loop failed; failing the requests in flight and starting again")
+                    self.restarts += 1
+                    self._fail_running(batch, exc)
+                    self._fail_waiting(_as_generation_error(exc))  # one of them may be what failed the loop
+                    batch = Batch(self.engine)
+        finally:
+            self._shutdown(batch)
+
+    def _turn(self, batch: Batch) -> bool:
+        """One turn of the loop: retire, admit, step. False once the scheduler is stopping."""
+        with self._wake:
+            while not self._stopping and not self._waiting and not batch:
+                self._wake.wait()
+            if self._stopping:
+                return False
+        for row, ticket in self._running.items():
+            if ticket.cancelled:
+                row.cancel()
+        self._finish(batch.retire())
+        admitted = self._admit(batch)
+        with self.engine.lock:
+            if admitted:
+                try:
+                    finished = batch.admit(admitted)
+                except Exception as exc:  # the prefill of these rows failed; the running batch is untouched
+                    log.exception("a prefill failed; failing the %d rows it admitted", len(admitted))
+                    for row in admitted:
+                        self._running.pop(row)._finish(error=_as_generation_error(exc))
+                else:
+                    self._finish(finished)
+            if batch:
+                try:
+                    finished = batch.step()
+                except Exception as exc:  # a failed pass leaves the shared cache half-updated: its rows end
+                    log.exception("a decoding step failed; failing the %d rows in it", len(self._running))
+                    self._fail_running(batch, exc)
+                else:
+                    self._finish(finished)
+                    self.steps += 1
+        return True
+
+    def _fail_waiting(self, error: BaseException) -> None:
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+        for ticket, _ in waiting:
+            ticket._finish(error=error)
+
+    def _fail_running(self, batch: Batch, exc: BaseException) -> None:
+        try:
+            batch.abandon()
+        except Exception:
+            log.exception("the failed batch could not be released")
+        error = _as_generation_error(exc)
+        for row in list(self._running):
+            self._running.pop(row)._finish(error=error)
 
     def _admit(self, batch: Batch) -> list[DecodeRow]:
         """Waiting requests that join the batch at this step, oldest first; their adapters are made resident."""
         room = self._capacity() - len(batch)
         admitted: list[DecodeRow] = []
+        with self._wake:
+            gone = [entry for entry in self._waiting if entry[0].cancelled]
+            for entry in gone:
+                self._waiting.remove(entry)
+        for ticket, row in gone:
+            row.cancel()
+            ticket._finish(row.result())
         while room > 0:
             with self._wake:
                 if not self._waiting:
@@ -228,8 +286,8 @@ class Scheduler:
                 self._waiting.popleft()
             try:
                 self.engine.activate([row.request.adapter])  # reload an evicted adapter now, one request at a time
-            except SwitchboardError as exc:
-                ticket._finish(error=exc)
+            except Exception as exc:
+                ticket._finish(error=_as_generation_error(exc))
                 continue
             ticket.started_at = time.perf_counter()
             self._running[row] = ticket
@@ -243,11 +301,27 @@ class Scheduler:
             took = time.perf_counter() - ticket.started_at
             average = self._seconds_per_request
             self._seconds_per_request = took if not average else 0.8 * average + 0.2 * took
-            ticket._finish(row.result())
+            if row.error is not None:
+                ticket._finish(error=row.error)
+            else:
+                ticket._finish(row.result())
 
     def _shutdown(self, batch: Batch) -> None:
-        self._finish(batch.abandon())
+        """The worker ends (stopped, or died): every request it holds or would take gets an answer."""
         with self._wake:
-            waiting, self._waiting = list(self._waiting), deque()
-        for ticket, _ in waiting:
-            ticket._finish(error=BusyError("the server is shutting down", retry_after=5.0))
+            self._stopping = True
+        try:
+            self._finish(batch.abandon())
+        except Exception:
+            log.exception("the batch could not be released at shutdown")
+        gone = BusyError("the server is shutting down", retry_after=5.0)
+        for row in list(self._running):  # rows a failed release left behind
+            self._running.pop(row)._finish(error=gone)
+        self._fail_waiting(gone)
+
+
+def _as_generation_error(exc: BaseException) -> SwitchboardError:
+    """A product error as it is; anything else as the request's own generation failure (details in the log)."""
+    if isinstance(exc, SwitchboardError):
+        return exc
+    return GenerationError(f"the generation failed ({type(exc).__name__}); other requests are unaffected")

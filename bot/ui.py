@@ -236,6 +236,8 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
                 yield "", history, conversation_id, ids
         except SwitchboardError as exc:
             raise gr.Error(str(exc)) from None
+        finally:
+            stream.cancel()  # a closed tab stops the generator here: its row leaves the batch (a no-op once finished)
         result = stream.result
         history[-1] = {"role": "assistant", "content": result.answer or "(no answer)"}
         history.append(answer_note(result))
