@@ -134,7 +134,7 @@ class KnowledgeBase:
                 if record is not None and record.doc_hash == doc_hash:
                     report.unchanged.append(path.name)
                     continue
-                document = load_document(data, path.name)  # before the chunker: a bad file needs no model
+                document = load_document(data, path.name, self.config.max_unpacked_bytes)  # before the chunker
                 prepared.append(prepare(path, document, doc_hash, self._get_chunker()))
             except UnreadableDocument as exc:
                 report.skip(path, str(exc))
