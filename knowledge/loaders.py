@@ -271,6 +271,8 @@ def load_docx(data: bytes, name: str, max_unpacked_bytes: int = MAX_UNPACKED_BYT
     check_unpacked_size(data, max_unpacked_bytes)
     try:
         document = docx.Document(io.BytesIO(data))
+        # Paragraph.style looks the default style up among all styles each time (3 ms a paragraph): map ids once.
+        style_names = {style.style_id: style.name or "" for style in document.styles}
         lines: list[str] = []
         for item in document.iter_inner_content():
             if isinstance(item, Table):
@@ -280,7 +282,7 @@ def load_docx(data: bytes, name: str, max_unpacked_bytes: int = MAX_UNPACKED_BYT
             text = item.text.strip()
             if not text:
                 continue
-            style = (item.style.name if item.style is not None else "") or ""
+            style = style_names.get(item._p.style, "") if item._p.style else ""
             level = re.match(r"Heading (\d)", style)
             if style == "Title":
                 lines += [f"# {text}", ""]
