@@ -238,7 +238,7 @@ def load_pdf(data: bytes, name: str, max_unpacked_bytes: int = MAX_UNPACKED_BYTE
     return LoadedDocument(title=str(metadata_title).strip() or Path(name).stem, blocks=blocks)
 
 
-def check_unpacked_size(data: bytes, max_bytes: int) -> None:
+def check_unpacked_size(data: bytes, max_bytes: int, kind: str) -> None:
     """Refuse a zip whose members unpack to more than ``max_bytes``, before any parser reads it.
 
     The sizes the archive declares are checked first; then the members are
@@ -260,7 +260,7 @@ def check_unpacked_size(data: bytes, max_bytes: int) -> None:
     except UnreadableDocument:
         raise
     except Exception as exc:  # zipfile raises BadZipFile, CRC, zlib and EOF errors on damaged archives
-        raise UnreadableDocument(f"not a readable zip container ({type(exc).__name__})") from exc
+        raise UnreadableDocument(f"not a readable {kind} ({type(exc).__name__})") from exc
 
 
 def load_docx(data: bytes, name: str, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> LoadedDocument:
@@ -268,7 +268,7 @@ def load_docx(data: bytes, name: str, max_unpacked_bytes: int = MAX_UNPACKED_BYT
     import docx
     from docx.table import Table
 
-    check_unpacked_size(data, max_unpacked_bytes)
+    check_unpacked_size(data, max_unpacked_bytes, ".docx file")
     try:
         document = docx.Document(io.BytesIO(data))
         # Paragraph.style looks the default style up among all styles each time (3 ms a paragraph): map ids once.
