@@ -9,7 +9,6 @@ starts, so a rejected request gets a 4xx status rather than a broken stream.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -30,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.admin import Admin, check_token, split_commas, split_lines
 from bot.errors import BusyError, ConfigError, ForbiddenError, InvalidRequestError, SwitchboardError
-from bot.guards import ERROR_TYPES, AllowedMethods, BodyLimit, SameOrigin, UploadGate, error_response
+from bot.guards import ERROR_TYPES, AllowedMethods, BodyLimit, SameOrigin, UploadGate, error_response, is_loopback_name
 from bot.openapi import chat_body, error_responses, install_schema, json_body, multipart_body
 from bot.pipeline import TurnRequest, TurnResult
 from bot.runtime import Runtime
@@ -245,11 +244,7 @@ def check_bind(host: str, admin_token: str | None) -> None:
     """Without an admin token the admin routes are open, so only this machine may reach them."""
     if admin_token:
         return
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback_name(host):
         raise ConfigError(
             f"refusing to serve on {host} without an admin token: set SWITCHBOARD_ADMIN_TOKEN, or bind 127.0.0.1"
         )

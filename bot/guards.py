@@ -89,15 +89,19 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def is_loopback_host(host: str | None) -> bool:
-    """Whether a Host header names this machine: localhost, or a loopback address (port ignored)."""
-    name = (urlsplit(f"//{host}").hostname or "") if host else ""
+def is_loopback_name(name: str) -> bool:
+    """Whether a host name or address is this machine: localhost, or a loopback address."""
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a Host header (port ignored) names this machine."""
+    return bool(host) and is_loopback_name(urlsplit(f"//{host}").hostname or "")
 
 
 def cross_site_refusal(method: str, headers: Headers, loopback_only: bool) -> str | None:
