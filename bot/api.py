@@ -72,7 +72,10 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(description="Adapter name, 'auto' to route, or 'base' for no adapter.")
-    messages: list[ChatMessage] = Field(description="The conversation; the last one is the user's new message.")
+    messages: list[ChatMessage] = Field(
+        description="The conversation; the last one is the user's new message, and it must hold some text.",
+        json_schema_extra={"minItems": 1},  # checked in to_turn, whose message says what to send
+    )
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     max_tokens: int | None = Field(None, ge=1, le=8192)
