@@ -355,7 +355,9 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(edge, server, record_
 
 # ---- properties ---------------------------------------------------------------------------------------
 
-PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+PROPERTY_SETTINGS = settings(  # the same examples every run: CI fails on a change, not on a draw
+    max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -454,8 +456,10 @@ def test_request_models_take_or_refuse_any_json(body):
 @PROPERTY_SETTINGS
 @given(message=st.text(min_size=1, max_size=200).filter(str.strip), extra=st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3))
 def test_valid_chat_requests_parse_to_the_users_message(message, extra):
+    """Fields the model does not know (presence_penalty, user, ...) are ignored, whatever they hold."""
     from bot.api import ChatCompletionRequest
 
+    extra = {key: value for key, value in extra.items() if key not in ChatCompletionRequest.model_fields}
     body = {**extra, "model": "base", "messages": [{"role": "user", "content": message}]}
     assert ChatCompletionRequest.model_validate(body).to_turn().message == message
 
