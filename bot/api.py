@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bot.admin import Admin, check_token, split_commas, split_lines
 from bot.errors import BusyError, ConfigError, ForbiddenError, InvalidRequestError, SwitchboardError
 from bot.guards import ERROR_TYPES, AllowedMethods, BodyLimit, SameOrigin, UploadGate, error_response, is_loopback_name
-from bot.openapi import chat_body, error_responses, install_schema, json_body, multipart_body
+from bot.openapi import OPTIONAL_AUTH, chat_body, error_responses, install_schema, json_body, multipart_body
 from bot.pipeline import TurnRequest, TurnResult
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -392,7 +392,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         data += [entry(m.name, m.description) for m in runtime.registry.list() if m.enabled]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/feedback", openapi_extra=json_body("FeedbackRequest"))
+    @app.post("/v1/feedback", openapi_extra={**json_body("FeedbackRequest"), **OPTIONAL_AUTH})
     async def feedback(
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
     ) -> dict[str, Any]:

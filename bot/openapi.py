@@ -56,6 +56,9 @@ def chat_body(model_name: str) -> dict[str, Any]:
     return {**json_body(model_name), "responses": {"200": {"content": {"text/event-stream": events}}}}
 
 
+OPTIONAL_AUTH = {"security": [{}]}  # added to a route's declared bearer scheme: the token is welcome, not needed
+
+
 def multipart_body(required: list[str], fields: dict[str, str]) -> dict[str, Any]:
     """A route's ``openapi_extra`` for an upload: form field ``files`` (one or more) and text fields."""
     properties: dict[str, Any] = {
@@ -80,7 +83,7 @@ def install_schema(app: FastAPI, models: Callable[[], list[type[BaseModel]]], to
                 components[model.__name__] = generated
             if not token_required:  # without a token the admin routes are open (to this machine only)
                 for operation in _operations(schema):
-                    if "security" in operation:
+                    if "security" in operation and {} not in operation["security"]:
                         operation["security"] = [*operation["security"], {}]
         return app.openapi_schema
 

@@ -298,6 +298,7 @@ def test_the_schema_declares_bodies_security_and_errors(edge):
         assert media in paths[path][method]["requestBody"]["content"], (path, method)
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert paths["/admin/adapters"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert paths["/v1/feedback"]["post"]["security"] == [{"HTTPBearer": []}, {}]  # the token makes feedback trusted
     assert {"400", "413", "415", "503"} <= set(paths[CHAT]["post"]["responses"])
     assert "text/event-stream" in paths[CHAT]["post"]["responses"]["200"]["content"]
     error = paths[CHAT]["post"]["responses"]["400"]["content"]["application/json"]["schema"]
