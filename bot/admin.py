@@ -147,14 +147,15 @@ class Admin:
                 if sum(m.file_size for m in members) > self.max_upload_bytes:
                     raise PayloadTooLargeError(f"{archive.name}: unpacks to more than {self.max_upload_bytes} bytes")
                 target.mkdir()
+                unpacked = 0
                 for member in members:
                     base = safe_name(member.filename)
                     if base.startswith(".") or member.filename.startswith("__MACOSX/"):
                         continue
                     if (target / base).exists():
                         raise InvalidRequestError(f"{archive.name}: holds more than one {base}")
-                    with bundle.open(member) as source, open(target / base, "wb") as sink:
-                        shutil.copyfileobj(source, sink, COPY_CHUNK)
+                    with bundle.open(member) as source:  # counted as it unpacks: a declared size can lie
+                        unpacked += self._copy(source, target / base, self.max_upload_bytes - unpacked)
         except zipfile.BadZipFile as exc:
             raise InvalidRequestError(f"{archive.name}: not a valid zip file ({exc})") from None
         if not (target / CONFIG_FILE).is_file():

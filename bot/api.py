@@ -10,24 +10,28 @@ starts, so a rejected request gets a 4xx status rather than a broken stream.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bot.admin import Admin, PayloadTooLargeError, check_token, split_commas, split_lines
-from bot.errors import BusyError, ConfigError, InvalidRequestError, RequestCancelledError, SwitchboardError
+from bot.admin import Admin, check_token, split_commas, split_lines
+from bot.errors import BusyError, ConfigError, ForbiddenError, InvalidRequestError, RequestCancelledError, SwitchboardError
+from bot.guards import ERROR_TYPES, AllowedMethods, BodyLimit, SameOrigin, UploadGate, error_response, is_loopback_name
+from bot.openapi import OPTIONAL_AUTH, chat_body, error_responses, install_schema, json_body, multipart_body
 from bot.pipeline import TurnRequest, TurnResult, TurnStream
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -35,17 +39,10 @@ from training.artifacts.config import DTYPE_HELP, FORMAT_HELP
 
 log = logging.getLogger(__name__)
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "request_too_large",
-    422: "invalid_request_error",
-    503: "server_busy",
-}
-MULTIPART_OVERHEAD = 1_000_000  # form fields and part headers around the uploaded files
 DISCONNECT_POLL_S = 0.25  # how often a request waiting for its answer checks that its client is still there
+MAX_JSON_DEPTH = 32  # OpenAI requests nest 6 deep; 100,000 deep once overflowed the parser's stack
+MAX_INT_DIGITS = 32  # past 4,300 digits Python refuses to convert, past a few dozen no field means anything
+SURROGATE = re.compile("[\ud800-\udfff]")  # a lone half of a UTF-16 pair: no UTF-8 text can hold it
 
 
 # ---- request bodies --------------------------------------------------------------------------------
@@ -78,7 +75,10 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(description="Adapter name, 'auto' to route, or 'base' for no adapter.")
-    messages: list[ChatMessage] = Field(description="The conversation; the last one is the user's new message.")
+    messages: list[ChatMessage] = Field(
+        description="The conversation; the last one is the user's new message, and it must hold some text.",
+        json_schema_extra={"minItems": 1},  # checked in to_turn, whose message says what to send
+    )
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     max_tokens: int | None = Field(None, ge=1, le=8192)
@@ -123,7 +123,13 @@ class ChatCompletionRequest(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message_id: str = Field(min_length=1, description="The message_id of the rated answer.")
+    message_id: str = Field(min_length=1, max_length=128, description="The message_id of the rated answer.")
+    feedback_token: str | None = Field(
+        None,
+        max_length=128,
+        description="The answer's switchboard.feedback_token: without it (or the admin token) the feedback is "
+        "kept as untrusted, and training ignores it until an operator accepts it.",
+    )
     rating: Literal["up", "down"]
     comment: str | None = Field(None, max_length=10_000)
     correction: str | None = Field(None, max_length=100_000, description="What the answer should have said.")
@@ -137,12 +143,52 @@ class ExportRequest(BaseModel):
     dtype: str | None = Field(None, description=DTYPE_HELP)
 
 
+class UnsupportedMediaTypeError(SwitchboardError):
+    """A body that is not JSON where JSON is expected (a text/plain body is never read as JSON)."""
+
+    status_code = 415
+
+
 async def read_json(request: Request) -> Any:
+    """The body as JSON that every later step can take: a JSON media type (or none), UTF-8 that encodes,
+    integers of sane length, no NaN, nesting a few dozen deep at most."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaTypeError(f"send the body as application/json, not {media_type[:100]}")
     body = await request.body()
     try:
-        return json.loads(body)
+        data = json.loads(body, parse_int=_bounded_int, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidRequestError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    check_json_values(data)
+    return data
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidRequestError(f"a number in the request body has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> None:
+    raise InvalidRequestError(f"{name} is not a JSON value")
+
+
+def check_json_values(data: Any) -> None:
+    """Refuse what json.loads lets through but no later step can take: deep nesting, lone surrogates."""
+    pending = [(data, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if SURROGATE.search(value):
+                raise InvalidRequestError("the request body holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)")
+        elif isinstance(value, (list, dict)):
+            if depth >= MAX_JSON_DEPTH:
+                raise InvalidRequestError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+            items = [*value, *value.values()] if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
 
 
 async def parse_json(request: Request, model: type[BaseModel]) -> Any:
@@ -162,15 +208,11 @@ def validation_message(exc: ValidationError | RequestValidationError) -> str:
 # ---- responses -------------------------------------------------------------------------------------
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
-
-
-def switchboard_field(result: TurnResult) -> dict[str, Any]:
+def switchboard_field(result: TurnResult, feedback_token: str | None) -> dict[str, Any]:
     """The ``switchboard`` object of a response: the CLI's fields, how the turn was routed and checked, its timings."""
     return {
         **result.to_dict(),
+        "feedback_token": feedback_token,
         "route_reason": result.route_reason,
         "retrieval": {name: round(value, 4) for name, value in result.route.retrieval.items()},
         "checks": {"action": result.checks.action, "problems": len(result.checks.problems)},
@@ -178,7 +220,7 @@ def switchboard_field(result: TurnResult) -> dict[str, Any]:
     }
 
 
-def completion_body(completion_id: str, created: int, result: TurnResult) -> dict[str, Any]:
+def completion_body(completion_id: str, created: int, result: TurnResult, feedback_token: str | None) -> dict[str, Any]:
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -192,7 +234,7 @@ def completion_body(completion_id: str, created: int, result: TurnResult) -> dic
             }
         ],
         "usage": usage(result),
-        "switchboard": switchboard_field(result),
+        "switchboard": switchboard_field(result, feedback_token),
     }
 
 
@@ -212,45 +254,7 @@ def sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-# ---- limits ------------------------------------------------------------------------------------------
-
-
-class BodyLimit:
-    """Caps request bodies of the API and admin routes (the UI has Gradio's own upload cap).
-
-    A declared Content-Length over the cap is refused before reading; a
-    chunked body is counted as it arrives and refused when it passes the cap.
-    """
-
-    def __init__(self, app, settings: Settings) -> None:
-        self.app = app
-        self.json_cap = settings.server.max_body_bytes
-        self.upload_cap = settings.server.max_upload_bytes + MULTIPART_OVERHEAD
-
-    async def __call__(self, scope, receive, send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not (path.startswith("/v1/") or path.startswith("/admin/")):
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        multipart = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
-        cap = self.upload_cap if multipart else self.json_cap
-        message = f"the request body is over the limit of {cap} bytes"
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            response = error_response(413, message)
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            event = await receive()
-            if event["type"] == "http.request":
-                seen += len(event.get("body", b""))
-                if seen > cap:
-                    raise PayloadTooLargeError(message)
-            return event
-
-        await self.app(scope, counted, send)
+# ---- serving checks ------------------------------------------------------------------------------
 
 
 # ---- client disconnects ------------------------------------------------------------------------------
@@ -305,11 +309,7 @@ def check_bind(host: str, admin_token: str | None) -> None:
     """Without an admin token the admin routes are open, so only this machine may reach them."""
     if admin_token:
         return
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback_name(host):
         raise ConfigError(
             f"refusing to serve on {host} without an admin token: set SWITCHBOARD_ADMIN_TOKEN, or bind 127.0.0.1"
         )
@@ -323,8 +323,21 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
     settings = runtime.settings
     pipeline = runtime.pipeline
     admin = Admin(runtime)
-    app = FastAPI(title="Switchboard", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app = FastAPI(
+        title="Switchboard",
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        responses=error_responses(),
+    )
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(AllowedMethods, routes=app.router.routes)
+    app.add_middleware(UploadGate, settings=settings)
+    # No origin is allowed: the UI and the API share one origin, which needs no CORS. Its presence also tells
+    # Gradio not to add its own, which admits any http://localhost:<port> page when serving on localhost.
+    app.add_middleware(CORSMiddleware, allow_origins=[])
+    app.add_middleware(SameOrigin, settings=settings)
+    bearer = HTTPBearer(auto_error=False, description="The server's SWITCHBOARD_ADMIN_TOKEN.")
 
     @app.exception_handler(SwitchboardError)
     async def _switchboard_error(request: Request, exc: SwitchboardError) -> JSONResponse:
@@ -346,13 +359,15 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
 
-    def require_admin(request: Request) -> None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        check_token(settings.admin_token, token.strip() if scheme.lower() == "bearer" else None)
+    def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        check_token(settings.admin_token, credentials.credentials.strip() if credentials else None)
+
+    def token_of(result: TurnResult) -> str | None:
+        return runtime.log.feedback_token(result.message_id) if result.message_id else None
 
     # ---- chat
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=chat_body("ChatCompletionRequest"))
     async def chat_completions(request: Request):
         body: ChatCompletionRequest = await parse_json(request, ChatCompletionRequest)
         turn = await run_in_threadpool(pipeline.prepare, body.to_turn())
@@ -361,7 +376,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         created = int(time.time())
         if not body.stream:
             await unless_disconnected(request, stream, drain(stream))
-            return completion_body(completion_id, created, stream.result)
+            return completion_body(completion_id, created, stream.result, token_of(stream.result))
         pieces = stream.__aiter__()
         first = await unless_disconnected(request, stream, first_piece(pieces))  # an error before it is an HTTP error
         include_usage = bool((body.stream_options or {}).get("include_usage"))
@@ -408,7 +423,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
             yield sse({"error": {"message": f"internal error ({type(exc).__name__})", "type": "server_error"}})
             return
         result = stream.result
-        yield chunk({}, finish_reason(result), switchboard=switchboard_field(result))
+        yield chunk({}, finish_reason(result), switchboard=switchboard_field(result, token_of(result)))
         if include_usage:
             yield sse(
                 {
@@ -436,13 +451,28 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         data += [entry(m.name, m.description) for m in runtime.registry.list() if m.enabled]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/feedback")
-    async def feedback(request: Request) -> dict[str, Any]:
+    @app.post("/v1/feedback", openapi_extra={**json_body("FeedbackRequest"), **OPTIONAL_AUTH})
+    async def feedback(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ) -> dict[str, Any]:
+        """Rate an answer. Trusted with the answer's feedback_token or the admin token; kept untrusted otherwise."""
         body: FeedbackRequest = await parse_json(request, FeedbackRequest)
+        trusted = credentials is not None and settings.admin_token is not None
+        if trusted:
+            check_token(settings.admin_token, credentials.credentials.strip())
+        elif body.feedback_token is not None:
+            if not runtime.log.check_feedback_token(body.message_id, body.feedback_token):
+                raise ForbiddenError("the feedback_token is not the one given with this answer")
+            trusted = True
         await run_in_threadpool(
-            runtime.log.add_feedback, body.message_id, body.rating, comment=body.comment, correction=body.correction
+            runtime.log.add_feedback,
+            body.message_id,
+            body.rating,
+            comment=body.comment,
+            correction=body.correction,
+            trusted=trusted,
         )
-        return {"message_id": body.message_id, "rating": body.rating, "status": "recorded"}
+        return {"message_id": body.message_id, "rating": body.rating, "status": "recorded", "trusted": trusted}
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -459,7 +489,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
     def list_adapters() -> list[dict[str, Any]]:
         return [m.summary() for m in runtime.registry.list()]
 
-    @app.post("/admin/adapters", dependencies=guarded, status_code=201)
+    @app.post("/admin/adapters", dependencies=guarded, status_code=201, openapi_extra=ADAPTER_FORM)
     async def install_adapter(request: Request) -> dict[str, Any]:
         form = await request.form(max_files=64)
         try:
@@ -494,7 +524,9 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         admin.remove_adapter(name)
         return {"name": name, "removed": True}
 
-    @app.post("/admin/adapters/{name}/export", dependencies=guarded, status_code=201)
+    @app.post(
+        "/admin/adapters/{name}/export", dependencies=guarded, status_code=201, openapi_extra=json_body("ExportRequest")
+    )
     async def export_adapter(name: str, request: Request) -> dict[str, Any]:
         """Build an export (ExportRequest as JSON); the answer lists the files and where to download them."""
         body = await parse_json(request, ExportRequest)
@@ -505,11 +537,21 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         archive = await run_in_threadpool(admin.export_archive, export_id)
         return FileResponse(archive, media_type="application/zip", filename=archive.name)
 
+    @app.get("/admin/feedback", dependencies=guarded)
+    def untrusted_feedback() -> list[dict[str, Any]]:
+        """Feedback sent without the answer's feedback token, waiting for an operator to accept it."""
+        return runtime.log.untrusted_feedback()
+
+    @app.post("/admin/feedback/{message_id}/accept", dependencies=guarded)
+    def accept_feedback(message_id: str = Path(max_length=128)) -> dict[str, Any]:
+        """Let training use the untrusted feedback on this answer."""
+        return {"message_id": message_id, "accepted": runtime.log.accept_feedback(message_id)}
+
     @app.get("/admin/knowledge", dependencies=guarded)
     def list_knowledge() -> list[dict[str, Any]]:
         return runtime.knowledge.list_collections()
 
-    @app.post("/admin/knowledge/{collection}", dependencies=guarded)
+    @app.post("/admin/knowledge/{collection}", dependencies=guarded, openapi_extra=multipart_body([], {}))
     async def ingest(collection: str, request: Request) -> dict[str, Any]:
         form = await request.form(max_files=1000)
         try:
@@ -522,7 +564,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
     def remove_document(collection: str, source: str) -> dict[str, Any]:
         return admin.remove_document(source, collection)
 
-    @app.post("/admin/train", dependencies=guarded, status_code=202)
+    @app.post("/admin/train", dependencies=guarded, status_code=202, openapi_extra=json_body("TrainRequest"))
     async def start_training(request: Request) -> dict[str, Any]:
         """Start a run in the background (the TrainRequest fields as JSON); poll GET /admin/train/{run_id}."""
         body = await read_json(request)
@@ -535,6 +577,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
     def training_status(run_id: str) -> dict[str, Any]:
         return runtime.training_runs.status(run_id)
 
+    install_schema(app, _body_models, token_required=settings.admin_token is not None)
     if ui:
         import gradio as gr
 
@@ -546,6 +589,25 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
             allowed_paths=[str(admin.exports_dir)],  # the Adapters tab offers exports for download
         )
     return app
+
+
+ADAPTER_FORM = multipart_body(
+    ["name"],
+    {
+        "name": "Adapter name; an installed name gets its next version.",
+        "description": "What the adapter is for.",
+        "examples": "Routing examples: one per line, or a JSON list of strings.",
+        "collections": "Knowledge collections it retrieves from, comma-separated.",
+        "system_prompt": "Its system prompt.",
+        "no_answer": "What it says when the sources hold no answer.",
+    },
+)
+
+
+def _body_models() -> list[type[BaseModel]]:
+    from training.run import TrainRequest
+
+    return [ChatCompletionRequest, FeedbackRequest, TrainRequest, ExportRequest]
 
 
 def _uploads(form) -> list[tuple[str, Any]]:

@@ -19,13 +19,16 @@ train as we serve.
 
 from __future__ import annotations
 
+import hmac
 import json
+import secrets
 import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -221,9 +224,19 @@ class ConversationLog:
         return TurnIds(conversation_id, answer_id)
 
     def add_feedback(
-        self, message_id: str, rating: Rating, comment: str | None = None, correction: str | None = None
+        self,
+        message_id: str,
+        rating: Rating,
+        comment: str | None = None,
+        correction: str | None = None,
+        *,
+        trusted: bool = True,
     ) -> None:
-        """Rate an answer; a correction is the answer it should have been, and replaces it in training data."""
+        """Rate an answer; a correction is the answer it should have been, and replaces it in training data.
+
+        Untrusted feedback (sent over HTTP without the answer's feedback token)
+        is kept, but training and exports ignore it until an operator accepts it.
+        """
         if rating not in ("up", "down"):
             raise InvalidRequestError(f"rating must be 'up' or 'down', not {rating!r}")
         if correction is not None and not correction.strip():
@@ -235,9 +248,44 @@ class ConversationLog:
             if row["role"] != "assistant":
                 raise InvalidRequestError("only answers can be rated")
             db.execute(
-                "INSERT INTO feedback (message_id, rating, comment, correction, created_at) VALUES (?, ?, ?, ?, ?)",
-                (message_id, rating, comment, correction, _now()),
+                "INSERT INTO feedback (message_id, rating, comment, correction, created_at, trusted)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (message_id, rating, comment, correction, _now(), int(trusted)),
             )
+
+    # --- feedback trust: whoever received an answer may rate it; anyone else waits for an operator ---
+
+    @cached_property
+    def _feedback_key(self) -> bytes:
+        with self._connect() as db:
+            return bytes.fromhex(db.execute("SELECT value FROM secrets WHERE name = 'feedback'").fetchone()[0])
+
+    def feedback_token(self, message_id: str) -> str:
+        """The secret handed out with an answer that makes feedback on it trusted (an HMAC of its id)."""
+        return hmac.new(self._feedback_key, message_id.encode("utf-8"), "sha256").hexdigest()[:32]
+
+    def check_feedback_token(self, message_id: str, token: str) -> bool:
+        return hmac.compare_digest(self.feedback_token(message_id).encode(), token.encode("utf-8", "replace"))
+
+    def untrusted_feedback(self) -> list[dict]:
+        """Feedback waiting for an operator, oldest first, with the answer it is about."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT f.message_id, f.rating, f.comment, f.correction, f.created_at, m.content AS answer "
+                "FROM feedback f JOIN messages m ON m.id = f.message_id WHERE f.trusted = 0 ORDER BY f.id"
+            ).fetchall()
+        return [dict(row) for row in rows]
+
+    def accept_feedback(self, message_id: str) -> int:
+        """Trust the untrusted feedback on one answer (an operator read it); returns how many entries."""
+        with self._write() as db:
+            accepted = db.execute(
+                "UPDATE feedback SET trusted = 1, accepted_at = ? WHERE message_id = ? AND trusted = 0",
+                (_now(), message_id),
+            ).rowcount
+        if not accepted:
+            raise NotFoundError(f"no untrusted feedback on message {message_id!r}")
+        return accepted
 
     # --- reading ---
 
@@ -285,8 +333,9 @@ class ConversationLog:
         query = (
             "SELECT a.rowid AS row, a.*, u.content AS user_content, f.rating, f.comment, c.correction "
             "FROM messages a JOIN messages u ON u.id = a.reply_to "
-            "LEFT JOIN feedback f ON f.id = (SELECT MAX(id) FROM feedback WHERE message_id = a.id) "
-            "LEFT JOIN feedback c ON c.id = (SELECT MAX(id) FROM feedback WHERE message_id = a.id AND correction IS NOT NULL) "
+            "LEFT JOIN feedback f ON f.id = (SELECT MAX(id) FROM feedback WHERE message_id = a.id AND trusted = 1) "
+            "LEFT JOIN feedback c ON c.id = "
+            "(SELECT MAX(id) FROM feedback WHERE message_id = a.id AND trusted = 1 AND correction IS NOT NULL) "
             f"WHERE {' AND '.join(where)} AND a.rowid > ? ORDER BY a.rowid LIMIT {PAGE}"
         )
         last = 0
@@ -408,3 +457,13 @@ def m002_route_and_checks(db: sqlite3.Connection) -> None:
     """Each answer keeps its routing decision (with the retrieval signal) and how it fared against its sources."""
     db.execute("ALTER TABLE messages ADD COLUMN route TEXT")
     db.execute("ALTER TABLE messages ADD COLUMN checks TEXT")
+
+
+@migration
+def m003_feedback_trust(db: sqlite3.Connection) -> None:
+    """Feedback carries whether it is trusted (feedback from before this migration is), and the key of the
+    feedback tokens lives with the log, so every process that shares the log hands out the same tokens."""
+    db.execute("ALTER TABLE feedback ADD COLUMN trusted INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE feedback ADD COLUMN accepted_at TEXT")
+    db.execute("CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO secrets (name, value) VALUES ('feedback', ?)", (secrets.token_hex(32),))

@@ -57,3 +57,9 @@ class LockedError(SwitchboardError):
     """Another process holds a single-writer resource."""
 
     status_code = 409
+
+
+class ForbiddenError(SwitchboardError):
+    """A request that may not do what it asks, whoever sends it (a wrong feedback token, another site's page)."""
+
+    status_code = 403

@@ -23,6 +23,7 @@ import gradio as gr
 
 from bot.admin import Admin, check_token, split_commas, split_lines
 from bot.errors import InvalidRequestError, SwitchboardError
+from bot.guards import UPLOAD_COOKIE, UPLOAD_PATH
 from bot.pipeline import TurnRequest, TurnResult
 from training.artifacts.config import DTYPE_HELP, DTYPES, FORMAT_HELP, FORMATS
 
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 PRIVATE = {"api_visibility": "private"}
+# The browser uploads files before a handler runs, so uploads carry the admin token in a cookie (bot.guards.UploadGate).
+REMEMBER_TOKEN_FOR_UPLOADS = f"""(token) => {{
+    document.cookie = "{UPLOAD_COOKIE}=" + encodeURIComponent(token || "") + "; path={UPLOAD_PATH}; SameSite=Strict";
+}}"""
 SOURCE_PREVIEW_CHARS = 600
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~=$])")
 THIS_ADAPTER = "(this adapter)"  # not a valid adapter name, so it cannot shadow one
@@ -204,7 +209,7 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
         return ["auto", "base", *(m.name for m in runtime.registry.list() if m.enabled)]
 
     def token_box(elem_id: str) -> gr.Textbox:
-        return gr.Textbox(
+        box = gr.Textbox(
             elem_id=elem_id,
             label="Admin token",
             type="password",
@@ -212,6 +217,8 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
             visible=needs_token,
             elem_classes=["admin-token"],
         )
+        box.change(None, [box], None, js=REMEMBER_TOKEN_FOR_UPLOADS, **PRIVATE)
+        return box
 
     def require(token: str | None) -> None:
         check_token(settings.admin_token, (token or "").strip() or None)

@@ -163,7 +163,7 @@ class KnowledgeBase:
                 if record is not None and not replace and name_taken(record.origin, origin):
                     report.skip(path, _name_taken_reason(path.name, index.documents[path.name], uploaded))
                     continue
-                document = load_document(data, path.name)  # before the chunker: a bad file needs no model
+                document = load_document(data, path.name, self.config.max_unpacked_bytes)  # before the chunker
                 prepared.append(prepare(path, document, doc_hash, self._get_chunker(), origin))
             except UnreadableDocument as exc:
                 report.skip(path, str(exc))

@@ -15,6 +15,7 @@ import io
 import json
 import re
 import unicodedata
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -34,6 +35,10 @@ _UTF_BOMS = (
 )
 # Decoded text with more control characters than this is a binary file wearing a text extension.
 _MAX_CONTROL_RATIO = 0.01
+# What a container file (.docx members, one PDF stream) may unpack to, unless the caller says otherwise:
+# XML parses into trees of about 40 times its size, so 25 MB of it costs about a gigabyte.
+MAX_UNPACKED_BYTES = 25_000_000
+_READ_CHUNK = 1 << 20
 
 
 class UnreadableDocument(SwitchboardError):
@@ -184,19 +189,39 @@ def _tidy(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def load_pdf(data: bytes, name: str) -> LoadedDocument:
-    """One block per page so every chunk can cite its page; encrypted and corrupt files are refused."""
-    from pypdf import PdfReader
-    from pypdf.errors import FileNotDecryptedError, PdfReadError
+def load_pdf(data: bytes, name: str, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> LoadedDocument:
+    """One block per page so every chunk can cite its page; encrypted and corrupt files are refused.
 
+    pypdf stops any one stream at ``max_unpacked_bytes`` decoded; the text of
+    all pages together is held to the same bound.
+    """
+    from pypdf import PdfReader, apply_configuration
+    from pypdf.errors import FileNotDecryptedError, LimitReachedError, PdfReadError
+
+    limits = {
+        field: max_unpacked_bytes
+        for field in (
+            "maximum_declared_stream_length", "array_based_stream_maximum_output_length", "jbig2_maximum_output_length",
+            "lzw_maximum_output_length", "run_length_maximum_output_length", "zlib_maximum_output_length",
+            "brotli_maximum_output_length", "image_maximum_buffer_size", "stream_decoding_work_maximum_length",
+        )
+    }
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise UnreadableDocument("encrypted PDF (a password is needed to read it)")
-        pages = [page.extract_text() or "" for page in reader.pages]
-        metadata_title = (reader.metadata.title if reader.metadata else None) or ""
+        with apply_configuration(**limits):
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise UnreadableDocument("encrypted PDF (a password is needed to read it)")
+            pages, total = [], 0
+            for page in reader.pages:
+                pages.append(page.extract_text() or "")
+                total += len(pages[-1])
+                if total > max_unpacked_bytes:
+                    raise UnreadableDocument(f"its text is over the limit of {max_unpacked_bytes} characters")
+            metadata_title = (reader.metadata.title if reader.metadata else None) or ""
     except UnreadableDocument:
         raise
+    except LimitReachedError as exc:
+        raise UnreadableDocument(f"a stream unpacks to more than {max_unpacked_bytes} bytes") from exc
     except FileNotDecryptedError as exc:
         raise UnreadableDocument("encrypted PDF (a password is needed to read it)") from exc
     except PdfReadError as exc:
@@ -213,13 +238,41 @@ def load_pdf(data: bytes, name: str) -> LoadedDocument:
     return LoadedDocument(title=str(metadata_title).strip() or Path(name).stem, blocks=blocks)
 
 
-def load_docx(data: bytes, name: str) -> LoadedDocument:
+def check_unpacked_size(data: bytes, max_bytes: int, kind: str) -> None:
+    """Refuse a zip whose members unpack to more than ``max_bytes``, before any parser reads it.
+
+    The sizes the archive declares are checked first; then the members are
+    unpacked a chunk at a time and counted, since a declared size can lie.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as bundle:
+            members = bundle.infolist()
+            declared = sum(member.file_size for member in members)
+            if declared > max_bytes:
+                raise UnreadableDocument(f"unpacks to {declared} bytes, over the limit of {max_bytes}")
+            unpacked = 0
+            for member in members:
+                with bundle.open(member) as handle:
+                    while chunk := handle.read(_READ_CHUNK):
+                        unpacked += len(chunk)
+                        if unpacked > max_bytes:
+                            raise UnreadableDocument(f"unpacks to more than its declared size and the limit of {max_bytes} bytes")
+    except UnreadableDocument:
+        raise
+    except Exception as exc:  # zipfile raises BadZipFile, CRC, zlib and EOF errors on damaged archives
+        raise UnreadableDocument(f"not a readable {kind} ({type(exc).__name__})") from exc
+
+
+def load_docx(data: bytes, name: str, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> LoadedDocument:
     """Paragraphs and tables in document order; Word heading styles become Markdown headings."""
     import docx
     from docx.table import Table
 
+    check_unpacked_size(data, max_unpacked_bytes, ".docx file")
     try:
         document = docx.Document(io.BytesIO(data))
+        # Paragraph.style looks the default style up among all styles each time (3 ms a paragraph): map ids once.
+        style_names = {style.style_id: style.name or "" for style in document.styles}
         lines: list[str] = []
         for item in document.iter_inner_content():
             if isinstance(item, Table):
@@ -229,7 +282,7 @@ def load_docx(data: bytes, name: str) -> LoadedDocument:
             text = item.text.strip()
             if not text:
                 continue
-            style = (item.style.name if item.style is not None else "") or ""
+            style = style_names.get(item._p.style, "") if item._p.style else ""
             level = re.match(r"Heading (\d)", style)
             if style == "Title":
                 lines += [f"# {text}", ""]
@@ -320,11 +373,16 @@ LOADERS: dict[str, Callable[[bytes, str], LoadedDocument]] = {
 }
 
 
-def load_document(data: bytes, name: str) -> LoadedDocument:
+CONTAINERS = (load_pdf, load_docx)  # loaders that unpack, and so take max_unpacked_bytes
+
+
+def load_document(data: bytes, name: str, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> LoadedDocument:
     """Pick the loader by extension; an unknown extension is refused with the list of known ones."""
     suffix = Path(name).suffix.lower()
     loader = LOADERS.get(suffix)
     if loader is None:
         known = ", ".join(sorted(LOADERS))
         raise UnreadableDocument(f"unsupported file type '{suffix or name}' (supported: {known})")
+    if loader in CONTAINERS:
+        return loader(data, name, max_unpacked_bytes)
     return loader(data, name)

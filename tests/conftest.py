@@ -181,27 +181,13 @@ def chat_runtime(make_settings, make_random_adapter, tmp_path_factory):
 @pytest.fixture(scope="session")
 def live_server(chat_runtime):
     """The real app (API and Gradio UI) under uvicorn in a background thread, on a free loopback port."""
-    import threading
-    import time
     from types import SimpleNamespace
 
-    import uvicorn
-
     from bot.api import create_app
+    from live_app import serving
 
-    server = uvicorn.Server(uvicorn.Config(create_app(chat_runtime), host="127.0.0.1", port=0, log_level="warning",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, daemon=True, name="live-server")
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the live server did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", runtime=chat_runtime, token=CHAT_ADMIN_TOKEN)
-    server.should_exit = True
-    thread.join(timeout=15)
+    with serving(create_app(chat_runtime)) as url:
+        yield SimpleNamespace(url=url, runtime=chat_runtime, token=CHAT_ADMIN_TOKEN)
 
 
 # --- end chat product -------------------------------------------------------------------------------

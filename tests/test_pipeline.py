@@ -115,7 +115,10 @@ def test_cli_chat_json_goes_through_the_pipeline(chat_runtime, tmp_path):
                        "--home", str(chat_runtime.settings.home), base_model=chat_runtime.settings.base_model)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(done.stdout)
-    assert list(data) == ["answer", "adapter", "adapter_version", "confidence", "sources", "conversation_id", "message_id"]
+    assert list(data) == [
+        "answer", "adapter", "adapter_version", "confidence", "sources", "conversation_id", "message_id", "feedback_token"
+    ]
+    assert data["feedback_token"] == chat_runtime.log.feedback_token(data["message_id"])
     assert data["adapter"] == "support" and data["adapter_version"] == 1
     assert data["sources"] and all({"id", "source", "text", "score"} <= set(s) for s in data["sources"])
     assert chat_runtime.log.history(data["conversation_id"], 2)[-1]["content"] == data["answer"]

@@ -22,7 +22,8 @@ def chat(
     as_json: bool = JSON_OPTION,
     home: str = HOME_OPTION,
 ) -> None:
-    """Answer one message (routed, grounded and logged) and print it; --json adds adapter, sources and ids."""
+    """Answer one message (routed, grounded and logged) and print it; --json adds adapter, sources, ids and the
+    feedback_token that makes a rating of this answer over HTTP trusted."""
     from bot.cores import reserve_for_workers
     from bot.pipeline import Pipeline, TurnRequest
     from knowledge.base import KnowledgeBase
@@ -36,7 +37,7 @@ def chat(
     stream = None if as_json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     result = pipeline.answer(request, on_text=stream)
     if as_json:
-        emit(result.to_dict(), True)
+        emit({**result.to_dict(), "feedback_token": runtime.log.feedback_token(result.message_id)}, True)
         return
     sys.stdout.write("\n")
     who = f"{result.adapter} v{result.adapter_version}" if result.adapter else "base model"

@@ -1,4 +1,4 @@
-"""``switchboard train``, ``switchboard eval`` and ``switchboard logs export``.
+"""``switchboard train``, ``switchboard eval`` and ``switchboard logs`` (export, untrusted, accept).
 
 Training itself lives in ``training``; these commands only parse flags, show
 progress on stderr and print the report.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from
+from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from, table
 from bot.errors import InvalidRequestError
 from bot.runtime import Runtime
 
@@ -198,3 +198,21 @@ def export(
     else:
         for record in records:
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+@logs_app.command("untrusted")
+def untrusted(as_json: bool = JSON_OPTION, home: str = HOME_OPTION) -> None:
+    """Feedback sent without its answer's feedback token: training ignores it until accepted."""
+    rows = Runtime(settings_from(home)).log.untrusted_feedback()
+    emit(rows, as_json, table(rows, ["message_id", "rating", "correction", "created_at"]))
+
+
+@logs_app.command("accept")
+def accept(
+    message_id: str = typer.Argument(..., help="The answer whose untrusted feedback training may use."),
+    as_json: bool = JSON_OPTION,
+    home: str = HOME_OPTION,
+) -> None:
+    """Trust the feedback on one answer after reading it (see `switchboard logs untrusted`)."""
+    accepted = Runtime(settings_from(home)).log.accept_feedback(message_id)
+    emit({"message_id": message_id, "accepted": accepted}, as_json, f"accepted {accepted} feedback entries on {message_id}")
