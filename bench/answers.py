@@ -185,7 +185,7 @@ def measure(rows: list[Outcome]) -> dict[str, float]:
         return sum(hits) / len(hits) if hits else float("nan")
 
     return {
-        "reach_retrieval": share([r.question.collection in r.collections for r in inside]),
+        "reach_retrieval": share([bool(r.collections) for r in inside]),  # answered from retrieval, not the bare base
         "source_retrieved": share([any(p.source == r.question.expected_source for p in r.passages) for r in inside]),
         "fact_present": share([contains(r.shown, r.question.expected_fact) for r in inside]),
         "citations_valid": share([a.cites and a.citations_valid for a in audits]),

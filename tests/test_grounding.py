@@ -43,7 +43,7 @@ ANSWERS = [
     ("Under Article 9 you get your money back [3].", "replaced", "[1]", "Article 9"),
     ("Write to help@invented.example [2].", "replaced", "[1]", "invented"),
     ("Bananas are yellow and curved.", "replaced", "[1]", "Bananas"),
-    ("Backpacks and bags are covered, tents too.", "repaired", "tents too [1].", None),
+    ("Backpacks and bags are covered, tents too [1].", "replaced", "covered for 3 years", "tents too"),
 ]
 
 
@@ -60,6 +60,9 @@ def test_every_shown_answer_cites_given_sources_and_only_states_their_facts(gene
 def test_the_audit_catches_what_the_checks_replace():
     """The benchmark's judge is not the checker's echo: it fails the raw answers the checker had to fix."""
     for generated, action, _, _ in ANSWERS:
+        report = ground_answer(generated, PASSAGES, QUESTION, GroundingConfig(), REFUSAL)
+        if any(p.startswith("unanswered") for p in report.problems):
+            continue  # grounded but not an answer: the audit judges grounding only
         audit = audit_answer(generated, PASSAGES, QUESTION)
         clean = audit.cites and audit.citations_valid and audit.facts_grounded
         assert clean == (action == "passed"), generated
@@ -73,6 +76,22 @@ def test_facts_are_compared_in_normal_form():
     for said in ("4 years", "1-800-556-9347", "10,500 mm", "四年", "Article 9"):
         assert not all(source.holds(fact) for fact in extract_facts(said).items), said
     assert extract_facts("one of our agents will reply [2].\n1. Open the form").items == ()
+    quoted = extract_facts("“Fill in the form at https://www.shop.example/warranty.” [3]").items
+    assert [(f.kind, f.key) for f in quoted] == [("url", "shop.example/warranty")]
+
+
+def test_an_answer_citing_nothing_gets_the_citation_of_the_source_it_rests_on():
+    report = ground_answer("Backpacks and bags are covered, tents too.", PASSAGES, "Are backpacks covered?",
+                           GroundingConfig(), REFUSAL)
+    assert (report.action, report.answer) == ("repaired", "Backpacks and bags are covered, tents too [1]."), report.problems
+
+
+def test_an_answer_without_the_fact_asked_for_is_no_answer():
+    """'Who do I call?' answered without a number: the sentence holding the number is quoted instead."""
+    report = ground_answer("You can call our friendly team any time [1].", PASSAGES,
+                           "Who do I call about a broken backpack?", GroundingConfig(), REFUSAL)
+    assert report.action == "replaced" and "555 0147" in report.answer, report.problems
+    assert any(p.startswith("unanswered") for p in report.problems)
 
 
 def test_a_fact_the_user_gave_needs_no_source():

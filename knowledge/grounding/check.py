@@ -13,7 +13,9 @@ sees it:
    added; one found in no source (nor in the question) fails the answer;
 3. an answer citing nothing gets the citation of the source that supports it,
    or fails;
-4. a failed answer is replaced by a quote of the best-matching passage, or by
+4. an answer without the kind of fact its question asks for (a phone number
+   for "who do I call", a duration for "how long") is unanswered, and fails;
+5. a failed answer is replaced by a quote of the best-matching passage, or by
    the adapter's no-answer text; the answer keeps the question's script.
 
 The report keeps what the model wrote and every problem, so the log can keep
@@ -27,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from knowledge.articles import referenced_articles
+from knowledge.grounding.asked import answering_kinds, asked_kinds
 from knowledge.grounding.citations import add_citations, cited, rewrite_citations, split_sentences
 from knowledge.grounding.config import GroundingConfig
 from knowledge.grounding.facts import Facts, extract_facts, source_facts
@@ -97,6 +100,9 @@ def ground_answer(
     shown = "".join(sentences)
     if config.check_citations and not cited(shown) and shown.strip():
         shown = _cite_support(shown, sources, config.min_support, problems)
+    kinds = asked_kinds(question)
+    if config.check_facts and kinds and not any(f.kind in answering_kinds(kinds) for f in extract_facts(shown).items):
+        problems.append(f"unanswered: the question asks for a {' or '.join(sorted(kinds))} and the answer gives none")
     failed = any(p.startswith(_FAILS) for p in problems)
     if failed:
         quote = best_quote(question, passages)
@@ -108,7 +114,7 @@ def ground_answer(
     return GroundingReport(in_script(shown, script), answer, action, problems, checked)
 
 
-_FAILS = ("ungrounded", "unsupported")
+_FAILS = ("ungrounded", "unsupported", "unanswered")
 
 
 def _source(passage: Passage) -> _Source:

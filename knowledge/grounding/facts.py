@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from knowledge.articles import chinese_number, referenced_articles
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", re.UNICODE)
-_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]]+", re.IGNORECASE)
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]“”‘’「」『』*]+", re.IGNORECASE)
 _ISO_DATE = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 _PHONE = re.compile(r"(?<![\w.,])\+?\(?\d[\d ().\-/]{5,}\d(?![\w]|[.,]\d)")
 _NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?!\w)|(?<![\w.])(\d+)(?=[A-Za-z\u4e00-\u9fff%])")

@@ -12,11 +12,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from knowledge.articles import referenced_articles
+from knowledge.grounding.asked import asked_kinds
+from knowledge.grounding.citations import split_sentences
+from knowledge.grounding.facts import extract_facts
 from knowledge.lexical import tokenize
 from knowledge.passage import Passage
 
-_SENTENCES = re.compile(r"[^.!?。！？\n]+(?:[.!?。！？]+|\n|$)")
 _MAX_QUOTE_CHARS = 320
+_ASKED_BONUS = 1.0  # added to a sentence's word overlap (at most 1) when it holds what is asked: it ranks first
 _SHORT_SENTENCE_CHARS = 60  # a sentence this short is quoted with the next one, which usually completes it
 # Words of every question that say nothing of its subject: a quote sharing only these answers something else.
 _FILLER = frozenset(
@@ -33,24 +37,34 @@ _INTROS = {
 class Quote:
     number: int  # the [n] of the passage quoted
     text: str
-    overlap: float  # share of the question's words the quote holds
+    overlap: float  # share of the question's words the quote holds, plus the bonus for holding what is asked
 
 
 def best_quote(question: str, passages: Sequence[Passage]) -> Quote | None:
-    """The sentence (with its short neighbour) holding most of the question's words; earlier passages win ties."""
+    """The sentence (with its short neighbour) holding most of the question's words; earlier passages win ties.
+
+    A sentence that holds the kind of fact the question asks for (a phone
+    number for "who do I call"), or that belongs to the article the question
+    names, ranks above every sentence that does not: only it can answer.
+    """
     wanted = set(tokenize(question)) - _FILLER
+    kinds = asked_kinds(question)
+    articles = set(referenced_articles(question))
     if not wanted:
         return None
     best: Quote | None = None
     for number, passage in enumerate(passages, start=1):
-        sentences = [s.strip() for s in _SENTENCES.findall(passage.text) if s.strip()]
+        named = bool(articles & set(referenced_articles(f"{passage.section}\n{passage.text}")))
+        sentences = [s.strip() for s in split_sentences(passage.text) if s.strip()]
         for i, sentence in enumerate(sentences):
             text = sentence
             if len(text) < _SHORT_SENTENCE_CHARS and i + 1 < len(sentences):
                 text = f"{text} {sentences[i + 1]}"
-            overlap = len(wanted & set(tokenize(text))) / len(wanted)
-            if best is None or overlap > best.overlap:
-                best = Quote(number, _shorten(text), overlap)
+            score = len(wanted & set(tokenize(text))) / len(wanted)
+            if named or (kinds and any(f.kind in kinds for f in extract_facts(text).items)):
+                score += _ASKED_BONUS
+            if best is None or score > best.overlap:
+                best = Quote(number, _shorten(text), score)
     return best
 
 
