@@ -77,8 +77,8 @@ class Turn:
 
     @property
     def failed_checks(self) -> bool:
-        """Whether the model's answer was replaced for stating facts no source holds (not a positive example)."""
-        return bool(self.checks) and self.checks.get("action") == "replaced"
+        """Whether the model's answer stated what its sources lack (shown repaired or replaced): no positive example."""
+        return bool(self.checks) and (self.checks.get("grounded") is False or self.checks.get("action") == "replaced")
 
 
 def _now() -> str:

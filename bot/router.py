@@ -56,7 +56,7 @@ class Route:
 
     adapter: str | None = field(metadata={"help": "Adapter that answers; None means the base model."})
     confidence: float = field(
-        metadata={"help": "The chosen adapter's score; for the base, 1 minus the best adapter's score."}
+        metadata={"help": "The chosen adapter's routing score (its examples); for the base, 1 minus the best one."}
     )
     scores: dict[str, float] = field(
         default_factory=dict, metadata={"help": "Score in [0, 1] of every routable adapter; empty when not routed."}
@@ -371,7 +371,8 @@ class Router:
             reason = "retrieval"
         else:
             reason = "follow-up" if follow_up and best == previous else "routed"
-        return Route(best, min(1.0, combined[best]), scores, reason, retrieval)
+        # Confidence stays the examples' score; the documents' relevance is reported beside it, in ``retrieval``.
+        return Route(best, min(1.0, decisive[best]), scores, reason, retrieval)
 
     def choose(
         self,

@@ -44,6 +44,7 @@ ANSWERS = [
     ("Write to help@invented.example [2].", "replaced", "[1]", "invented"),
     ("Bananas are yellow and curved.", "replaced", "[1]", "Bananas"),
     ("Backpacks and bags are covered, tents too [1].", "replaced", "covered for 3 years", "tents too"),
+    ("Backpacks are covered for 3 years [1].\nNext step: call us on 1-800-556-9347.", "repaired", "3 years [1].", "1-800"),
 ]
 
 
@@ -55,6 +56,15 @@ def test_every_shown_answer_cites_given_sources_and_only_states_their_facts(gene
     assert report.generated == generated and report.clean == (action == "passed")
     audit = audit_answer(report.answer, PASSAGES, QUESTION)
     assert audit.cites and audit.citations_valid and audit.facts_grounded, audit
+
+
+def test_a_sentence_stating_what_no_source_holds_is_dropped_and_the_turn_is_no_training_example():
+    report = ground_answer("Backpacks are covered for 3 years [1].\nNext step: call us on 1-800-556-9347.", PASSAGES,
+                           QUESTION, GroundingConfig(), REFUSAL)
+    assert (report.action, report.answer) == ("repaired", "Backpacks are covered for 3 years [1].")
+    assert report.grounded is False  # shown repaired, but the model invented a number: not a positive example
+    assert ground_answer("Backpacks are covered for 3 years [7].", PASSAGES, QUESTION, GroundingConfig(),
+                         REFUSAL).grounded  # a wrong citation number is repaired and states nothing false
 
 
 def test_the_audit_catches_what_the_checks_replace():

@@ -243,7 +243,7 @@ def test_installed_adapters_damaged_on_disk_are_disabled_at_start_and_never_brea
 BAD_SAMPLING = [
     ({"temperature": -0.5}, "temperature"),
     ({"temperature": 5.01}, "temperature"),
-    ({"temperature": 1e308 * 10}, "temperature"),  # inf as JSON's Infinity
+    ({"temperature": 1e308 * 10}, "Infinity"),  # JSON's Infinity: refused as JSON, before any field is read
     ({"top_p": 0}, "top_p"),
     ({"top_p": 1.5}, "top_p"),
     ({"top_p": -1}, "top_p"),

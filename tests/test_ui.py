@@ -62,7 +62,7 @@ def test_browser_chat_streams_shows_sources_and_records_a_rating(live_server, br
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(live_server.url)
     page.locator("#chatbot").wait_for(timeout=60_000)
-    # Record every text the first answer shows, to see it grow piece by piece.
+    # Record every text the first answer shows: an answer with sources appears only once checked, never partly.
     page.evaluate(
         """() => {
             window.__answers = [];
@@ -79,9 +79,9 @@ def test_browser_chat_streams_shows_sources_and_records_a_rating(live_server, br
     note = page.locator("#chatbot").get_by_text("Answered by support v1")
     expect(note).to_be_visible(timeout=180_000)
     answers = page.evaluate("window.__answers")
-    assert len(answers) >= 2, answers  # the answer arrived in pieces
-
     message_id, text = assistant_turns(live_server.runtime)[-1]
+    assert answers == [answers[-1]] and answers[-1].startswith(text[:40]), answers  # never an unchecked draft
+
     page.locator('#chatbot button[aria-label="Like"]').last.click()
     expect(page.locator("#feedback-status")).to_contain_text("Thanks", timeout=30_000)
     note.click()  # expand the sources

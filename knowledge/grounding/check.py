@@ -10,7 +10,8 @@ sees it:
    an article is made to cite the source that holds it;
 2. facts: each fact of a sentence (see :mod:`.facts`) must be in a source the
    sentence cites; one found in another given source gets that citation
-   added; one found in no source (nor in the question) fails the answer;
+   added; a sentence with one found in no source (nor in the question) is
+   dropped, and the answer fails when nothing of it is left;
 3. an answer citing nothing gets the citation of the source that supports it,
    or fails;
 4. an answer without the kind of fact its question asks for (a phone number
@@ -53,10 +54,15 @@ class GroundingReport:
     )
     problems: list[str] = field(default_factory=list, metadata={"help": "Every check that failed, in words."})
     facts_checked: int = field(default=0, metadata={"help": "Facts of the generated answer compared with the sources."})
+    grounded: bool = field(
+        default=True,
+        metadata={"help": "The model's answer stated no fact its sources lack, cited what it rests on and gave what "
+                  "was asked; False keeps the turn out of training data, whatever was shown."},
+    )
 
     @property
     def clean(self) -> bool:
-        """Whether the model's own answer passed every check untouched (only then is it a training example)."""
+        """Whether the model's own answer passed every check untouched."""
         return not self.problems
 
     def to_dict(self) -> dict:
@@ -84,37 +90,38 @@ def ground_answer(
     sources = [_source(p) for p in passages]
     asked = extract_facts(question)
     problems: list[str] = []
-    repairs = 0
     checked = 0
     sentences = []
     for sentence in split_sentences(answer):
-        before = sentence
         if config.check_citations:
             sentence = _valid_citations(sentence, len(sources), problems)
             sentence = _article_citations(sentence, sources, problems)
         if config.check_facts:
-            sentence, count = _grounded_facts(sentence, sources, asked, problems, config.check_citations)
+            sentence, count, grounded = _grounded_facts(sentence, sources, asked, problems, config.check_citations)
             checked += count
-        repairs += sentence != before
+            if not grounded:
+                continue  # a sentence stating what no source holds is dropped; the rest may still stand
         sentences.append(sentence)
-    shown = "".join(sentences)
+    shown = "".join(sentences).strip()
     if config.check_citations and not cited(shown) and shown.strip():
         shown = _cite_support(shown, sources, config.min_support, problems)
     kinds = asked_kinds(question)
     if config.check_facts and kinds and not any(f.kind in answering_kinds(kinds) for f in extract_facts(shown).items):
         problems.append(f"unanswered: the question asks for a {' or '.join(sorted(kinds))} and the answer gives none")
-    failed = any(p.startswith(_FAILS) for p in problems)
+    failed = not shown or any(p.startswith(_FAILS) for p in problems)
     if failed:
         quote = best_quote(question, passages)
         usable = quote is not None and quote.overlap >= config.min_quote_overlap
         shown = quote_answer(quote, question) if usable else no_answer
         action: Action = "replaced"
     else:
-        action = "repaired" if problems or repairs else "passed"
-    return GroundingReport(in_script(shown, script), answer, action, problems, checked)
+        action = "repaired" if problems else "passed"
+    grounded = not any(p.startswith((*_FAILS, _UNGROUNDED)) for p in problems)
+    return GroundingReport(in_script(shown, script), answer, action, problems, checked, grounded)
 
 
-_FAILS = ("ungrounded", "unsupported", "unanswered")
+_UNGROUNDED = "ungrounded"  # a sentence was dropped: the answer may stand without it
+_FAILS = ("unsupported", "unanswered")  # the answer cannot stand
 
 
 def _source(passage: Passage) -> _Source:
@@ -149,8 +156,9 @@ def _article_citations(sentence: str, sources: list[_Source], problems: list[str
 
 def _grounded_facts(
     sentence: str, sources: list[_Source], asked: Facts, problems: list[str], may_cite: bool
-) -> tuple[str, int]:
-    """Each fact must be in a cited source; one in an uncited source gets its citation, one in none fails."""
+) -> tuple[str, int, bool]:
+    """Each fact must be in a cited source; one in an uncited source gets its citation; one in none (nor in the
+    question) makes the sentence ungrounded. Returns the sentence, its fact count and whether it is grounded."""
     facts = extract_facts(sentence).items
     numbers = cited(sentence)
     added: list[int] = []
@@ -162,8 +170,9 @@ def _grounded_facts(
             added.append(holder)
             problems.append(f"citation [{holder}] added for {fact.kind} '{fact.text}'")
         elif holder is None and not asked.holds(fact):
-            problems.append(f"ungrounded {fact.kind} '{fact.text}': in no source")
-    return add_citations(sentence, added), len(facts)
+            problems.append(f"{_UNGROUNDED} {fact.kind} '{fact.text}': in no source, its sentence dropped")
+            return sentence, len(facts), False
+    return add_citations(sentence, added), len(facts), True
 
 
 def _cite_support(answer: str, sources: list[_Source], min_support: float, problems: list[str]) -> str:

@@ -19,6 +19,7 @@ from knowledge.grounding.facts import extract_facts
 from knowledge.lexical import tokenize
 from knowledge.passage import Passage
 
+_LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")  # a list item is quoted without its bullet
 _MAX_QUOTE_CHARS = 320
 _ASKED_BONUS = 1.0  # added to a sentence's word overlap (at most 1) when it holds what is asked: it ranks first
 _SHORT_SENTENCE_CHARS = 60  # a sentence this short is quoted with the next one, which usually completes it
@@ -55,7 +56,7 @@ def best_quote(question: str, passages: Sequence[Passage]) -> Quote | None:
     best: Quote | None = None
     for number, passage in enumerate(passages, start=1):
         named = bool(articles & set(referenced_articles(f"{passage.section}\n{passage.text}")))
-        sentences = [s.strip() for s in split_sentences(passage.text) if s.strip()]
+        sentences = [_LIST_MARK.sub("", s).strip() for s in split_sentences(passage.text) if s.strip()]
         for i, sentence in enumerate(sentences):
             text = sentence
             if len(text) < _SHORT_SENTENCE_CHARS and i + 1 < len(sentences):
