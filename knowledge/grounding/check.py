@@ -111,7 +111,7 @@ def ground_answer(
     failed = not shown or any(p.startswith(_FAILS) for p in problems)
     if failed:
         quote = best_quote(question, passages)
-        usable = quote is not None and quote.overlap >= config.min_quote_overlap
+        usable = quote is not None and quote.score >= config.min_quote_overlap
         shown = quote_answer(quote, question) if usable else no_answer
         action: Action = "replaced"
     else:

@@ -38,7 +38,7 @@ _INTROS = {
 class Quote:
     number: int  # the [n] of the passage quoted
     text: str
-    overlap: float  # share of the question's words the quote holds, plus the bonus for holding what is asked
+    score: float  # share of the question's words the quote holds, plus the bonus for holding what is asked
 
 
 def best_quote(question: str, passages: Sequence[Passage]) -> Quote | None:
@@ -64,7 +64,7 @@ def best_quote(question: str, passages: Sequence[Passage]) -> Quote | None:
             score = len(wanted & set(tokenize(text))) / len(wanted)
             if named or (kinds and any(f.kind in kinds for f in extract_facts(text).items)):
                 score += _ASKED_BONUS
-            if best is None or score > best.overlap:
+            if best is None or score > best.score:
                 best = Quote(number, _shorten(text), score)
     return best
 
