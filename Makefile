@@ -33,7 +33,9 @@ $(BROWSER_STAMP):
 # bench/common.py and bench/load.py are shared pieces, not benchmarks.
 BENCHMARKS := adapters knowledge router chat serving training answers export
 
+# bench/answers.py asks the demo adapters that `switchboard bootstrap` installs (cached after the first run).
 bench: $(STAMP)
+	$(BIN)/switchboard bootstrap
 	for b in $(BENCHMARKS); do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
