@@ -241,9 +241,11 @@ class Pipeline:
             checked = turn.passages if config.check_citations or config.check_facts else []
             script = chinese_script(turn.request.message) if config.keep_script else None
             generation = self._generate(turn, (lambda piece: None) if checked else lambda p: forward(in_script(p, script)))
-            report = ground_answer(generation.text, checked, turn.request.message, config, turn.refusal)
             if checked:
+                report = ground_answer(generation.text, checked, turn.request.message, config, turn.refusal)
                 forward(report.answer)
+            else:  # streamed as generated, in the user's script: nothing to check it against
+                report = GroundingReport(in_script(generation.text, script), generation.text, "unchecked")
         turn.timings["generate"] = time.perf_counter() - mark
         latency = time.perf_counter() - turn.started
 
