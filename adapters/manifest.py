@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bot.errors import InvalidAdapterError
+from core.errors import InvalidAdapterError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RESERVED_NAMES = frozenset({"auto", "base"})

@@ -29,7 +29,7 @@ from filelock import FileLock
 
 from adapters.manifest import NAME_PATTERN, BaseFingerprint, Manifest, check_name
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE, AdapterLimits, validate_adapter
-from bot.errors import InvalidAdapterError, NotFoundError
+from core.errors import InvalidAdapterError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,13 @@ class Registry:
         if not folder.is_dir() or version not in self._versions(name, state):
             raise NotFoundError(f"adapter {name!r} has no version {version}")
         return Manifest.read(folder, status=state.get("status", "enabled"))
+
+    def served(self, name: str) -> Manifest:
+        """The version of ``name`` that answers requests, or a clear error when it cannot answer."""
+        manifest = self.get(name)
+        if not manifest.enabled:
+            raise NotFoundError(f"adapter {name!r} is disabled (switchboard adapters enable {name})")
+        return manifest
 
     def list(self) -> list[Manifest]:
         """Every adapter that can be read; one whose files are damaged is logged and left out, never fatal."""

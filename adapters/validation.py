@@ -1,6 +1,6 @@
 """Checks an adapter folder must pass before the registry accepts it, and again at every start.
 
-What is checked is what serving will do with the adapter (:mod:`bot.lora`): a
+What is checked is what serving will do with the adapter (:mod:`engine.lora`): a
 plain LoRA on linear layers of the base, every factor pair of the rank its
 config names, every value finite, ``r`` and ``lora_alpha`` numbers it can
 divide by. An adapter that passes cannot fail when a request first loads it.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.manifest import BaseFingerprint
-from bot.errors import InvalidAdapterError
+from core.errors import InvalidAdapterError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

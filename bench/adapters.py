@@ -22,10 +22,10 @@ from transformers import AutoConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from bench.common import PROMPTS, median_seconds  # noqa: E402
-from bot.base_model import load_base, resolve_base_model  # noqa: E402
-from bot.decoding import GenerationRequest  # noqa: E402
-from bot.engine import Engine  # noqa: E402
-from bot.settings import load_settings  # noqa: E402
+from core.settings import load_settings  # noqa: E402
+from engine.base_model import load_base, resolve_base_model  # noqa: E402
+from engine.decoding import GenerationRequest  # noqa: E402
+from engine.embedded import Engine  # noqa: E402
 from training.random_adapter import make_random_adapter  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
 

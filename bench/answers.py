@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bot.parts import Parts  # noqa: E402
 from bot.pipeline import PreparedTurn, TurnRequest  # noqa: E402
-from bot.runtime import Runtime  # noqa: E402
-from bot.settings import load_settings  # noqa: E402
+from core.settings import load_settings  # noqa: E402
 from knowledge.grounding import GroundingConfig, audit_answer, ground_answer  # noqa: E402
 from knowledge.passage import Passage  # noqa: E402
 
@@ -107,13 +107,13 @@ def make_home(source_home: Path, documents: Path) -> Path:
     return home
 
 
-def ask(runtime: Runtime, question: Question, cache: dict) -> tuple[PreparedTurn, str, float]:
+def ask(parts: Parts, question: Question, cache: dict) -> tuple[PreparedTurn, str, float]:
     """The turn as prepared, and the model's answer unchecked; equal prompts to one adapter are generated once."""
     started = time.perf_counter()
-    turn = runtime.pipeline.prepare(TurnRequest(question.question))
+    turn = parts.pipeline.prepare(TurnRequest(question.question))
     key = (turn.adapter, json.dumps(turn.messages), turn.no_answer)
     if key not in cache:
-        result = runtime.pipeline.complete(turn)
+        result = parts.pipeline.complete(turn)
         cache[key] = (result.answer, time.perf_counter() - started)
     answer, seconds = cache[key]
     return turn, answer, seconds
@@ -136,13 +136,13 @@ def run(args: argparse.Namespace) -> dict[tuple[str, str], list[Outcome]]:
                 },
                 environ={},
             )
-            runtime = Runtime(settings)
+            parts = Parts(settings)
             if routing == "examples":
                 for folder in sorted(p for p in (args.set / "documents").iterdir() if p.is_dir()):
-                    report = runtime.knowledge.ingest([folder], folder.name)
+                    report = parts.knowledge.ingest([folder], folder.name)
                     print(f"ingested {report.documents} documents into {folder.name}, skipped {len(report.skipped)}", file=sys.stderr)
             for number, question in enumerate(questions, start=1):
-                turn, generated, seconds = ask(runtime, question, cache)
+                turn, generated, seconds = ask(parts, question, cache)
                 for check in [c for r, c in CONFIGS if r == routing]:
                     mark = time.perf_counter()
                     if turn.no_answer is not None:
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[tuple[str, str], list[Outcome]]:
                         )
                     )
                 print(f"[{routing} {number}/{len(questions)}] {turn.adapter or 'base'}: {question.question[:60]}", file=sys.stderr)
-            runtime.knowledge.close()
+            parts.knowledge.close()
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return outcomes

@@ -31,12 +31,12 @@ import httpx  # noqa: E402
 
 from bench.common import sse_chunks  # noqa: E402
 from bot.api import create_app, warm  # noqa: E402
-from bot.base_model import resolve_base_model  # noqa: E402
-from bot.cores import reserve_for_workers  # noqa: E402
-from bot.decoding import GenerationRequest  # noqa: E402
+from bot.parts import Parts  # noqa: E402
 from bot.pipeline import STAGES, TurnRequest  # noqa: E402
-from bot.runtime import Runtime  # noqa: E402
-from bot.settings import load_settings  # noqa: E402
+from core.settings import load_settings  # noqa: E402
+from engine.base_model import resolve_base_model  # noqa: E402
+from engine.decoding import GenerationRequest  # noqa: E402
+from engine.threads import reserve_for_workers  # noqa: E402
 
 DEMO = ROOT / "demo"
 TARGET_OUTSIDE_SHARE = 0.10
@@ -48,7 +48,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def build_runtime(home: Path, base_model: str | None, device: str, tokens: int) -> Runtime:
+def build_parts(home: Path, base_model: str | None, device: str, tokens: int) -> Parts:
     from transformers import AutoConfig
 
     from training.random_adapter import make_random_adapter
@@ -57,18 +57,18 @@ def build_runtime(home: Path, base_model: str | None, device: str, tokens: int) 
         {"home": home, "base_model": base_model, "device": device, "generation": {"max_new_tokens": tokens}},
         environ={},
     )
-    runtime = Runtime(settings)
+    parts = Parts(settings)
     config = AutoConfig.from_pretrained(resolve_base_model(settings))
     for seed, name in enumerate(("support", "legal")):
         fields = json.loads((DEMO / name / "manifest.json").read_text(encoding="utf-8"))
         folder = make_random_adapter(config, home / "uploads" / name, seed=seed)
-        runtime.registry.install(
+        parts.registry.install(
             folder, name, description=fields["description"], examples=fields["examples"],
             collections=fields["collections"], system_prompt=fields["system_prompt"], no_answer=fields["no_answer"],
         )
-        runtime.knowledge.ingest([DEMO / name / "knowledge"], name)
-    warm(runtime)
-    return runtime
+        parts.knowledge.ingest([DEMO / name / "knowledge"], name)
+    warm(parts)
+    return parts
 
 
 def questions(count: int) -> list[str]:
@@ -97,16 +97,16 @@ def stream_turn(client: httpx.Client, question: str) -> dict:
     return {"question": question, "ttft": (first or started + total) - started, "total": total, "server": final}
 
 
-def baseline_generate(runtime: Runtime, question: str) -> float:
+def baseline_generate(parts: Parts, question: str) -> float:
     """Generation alone on the exact prompt the pipeline built: the floor a turn cannot beat.
 
-    It goes to the scheduler, whose thread owns the cores (bot.cores); a thread of
+    It goes to the scheduler, whose thread owns the cores (engine.threads); a thread of
     its own would share them with the scheduler's thread pool and run slower.
     """
-    turn = runtime.pipeline.prepare(TurnRequest(question))
-    request = GenerationRequest(turn.messages, runtime.engine.ensure(turn.manifest), turn.options)
+    turn = parts.pipeline.prepare(TurnRequest(question))
+    request = GenerationRequest(turn.messages, parts.engine.ensure(turn.manifest), turn.options)
     started = time.perf_counter()
-    runtime.scheduler.generate(request)
+    parts.scheduler.generate(request)
     return time.perf_counter() - started
 
 
@@ -124,8 +124,8 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     print(f"preparing a server on {home} ...", file=sys.stderr)
-    runtime = build_runtime(home, args.base_model, args.device, args.tokens)
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=0, log_level="warning"))
+    parts = build_parts(home, args.base_model, args.device, args.tokens)
+    server = uvicorn.Server(uvicorn.Config(create_app(parts), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -138,7 +138,7 @@ def main() -> None:
         stream_turn(client, asked[0])  # warm-up: first-use costs (tokenizer caches, lexical indexes)
         for number, question in enumerate(asked[1:], start=1):  # interleaved, so both see the same machine load
             turns.append(stream_turn(client, question))
-            baseline.append(baseline_generate(runtime, question))
+            baseline.append(baseline_generate(parts, question))
             print(f"turn {number}/{args.turns}: {turns[-1]['total']:.2f}s, generation alone {baseline[-1]:.2f}s", file=sys.stderr)
     server.should_exit = True
     thread.join(timeout=10)
@@ -149,7 +149,7 @@ def main() -> None:
     rows.append(("outside generation", outside))
     rows.append(("baseline: generation alone", [b * 1000 for b in baseline]))
 
-    device = runtime.engine.device
+    device = parts.engine.device
     print(f"\nchat turn over HTTP, {args.turns} turns, {args.tokens} tokens each, model=auto, device={device}\n")
     print(f"| {'measure':<34} | {'p50 ms':>10} | {'p95 ms':>10} |")
     print(f"|{'-' * 36}|{'-' * 12}|{'-' * 12}|")

@@ -99,20 +99,20 @@ def main() -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from bot.base_model import load_base, resolve_base_model
-    from bot.runtime import Runtime
-    from bot.settings import load_settings
+    from bot.parts import Parts
+    from core.settings import load_settings
+    from engine.base_model import load_base, resolve_base_model
     from training.random_adapter import make_random_adapter
     from training.recipe import Recipe
 
     hf_logging.disable_progress_bar()
     home = Path(tempfile.mkdtemp(prefix="bench-export-"))
     settings = load_settings({"home": home, "base_model": args.base_model})
-    runtime = Runtime(settings)
+    parts = Parts(settings)
     recipe = Recipe()  # shaped like the adapters switchboard train makes
     folder = make_random_adapter(AutoConfig.from_pretrained(resolve_base_model(settings)), home / "lora", seed=7,
                                  rank=recipe.rank, targets=tuple(recipe.target_modules))
-    runtime.registry.install(folder, "bench", system_prompt="Answer briefly.")
+    parts.registry.install(folder, "bench", system_prompt="Answer briefly.")
     four_bit = load_base(settings).footprint_bytes
 
     print(f"\nbase: {settings.base_model}; 4-bit serving footprint {four_bit / 1e6:.1f} MB; medians of {args.runs} run(s)")

@@ -157,7 +157,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sizes = sorted({int(s) // SECTIONS_PER_PAGE * SECTIONS_PER_PAGE for s in args.sizes.split(",")})
 
-    from bot.settings import PACKAGED_EMBEDDING_MODEL, load_settings
+    from core.settings import PACKAGED_EMBEDDING_MODEL, load_settings
     from knowledge.base import KnowledgeBase
     from knowledge.embeddings import SentenceEncoder
 

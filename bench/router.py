@@ -36,9 +36,11 @@ sys.path.insert(0, str(ROOT))
 from adapters.manifest import Manifest  # noqa: E402
 from bot.calibration import LabelledMessage, calibrate  # noqa: E402
 from bot.router import Router  # noqa: E402
-from bot.runtime import make_encoder  # noqa: E402
-from bot.settings import load_settings  # noqa: E402
-from knowledge.embeddings import SentenceEncoder  # noqa: E402
+from core.settings import load_settings  # noqa: E402
+from knowledge.embeddings import (
+    SentenceEncoder,  # noqa: E402
+    encoder_for,  # noqa: E402
+)
 
 DEMO = ROOT / "demo"
 TARGET_P50_MS = 10.0
@@ -184,7 +186,7 @@ def router_for(encoder, settings, manifests: list[Manifest]) -> tuple[Router, fl
 
 def llm_classifier(settings, manifests: list[Manifest]):
     """The base model as a zero-shot classifier: the baseline a router replaces."""
-    from bot.engine import Engine
+    from engine.embedded import Engine
 
     engine = Engine(settings)
     options = engine.default_options(max_new_tokens=4, temperature=0.0)
@@ -227,7 +229,7 @@ def main() -> None:
     cases = labelled()
     with tempfile.TemporaryDirectory(prefix="bench-router-") as home:
         settings = load_settings({"home": home}, environ={})
-        encoder = make_encoder(settings)
+        encoder = encoder_for(settings)
         encoder(["warm up"])
         torch_encoder = SentenceEncoder(settings.embedding_model, backend="torch")
         torch_encoder(["warm up"])

@@ -43,10 +43,10 @@ import httpx  # noqa: E402
 from bench.common import PROMPTS  # noqa: E402
 from bench.load import Load, LoadGenerator, RoundRobin, Zipf, chat  # noqa: E402
 from bot.api import create_app, warm  # noqa: E402
-from bot.base_model import resolve_base_model  # noqa: E402
-from bot.cores import reserve_for_workers  # noqa: E402
-from bot.runtime import Runtime  # noqa: E402
-from bot.settings import load_settings  # noqa: E402
+from bot.parts import Parts  # noqa: E402
+from core.settings import load_settings  # noqa: E402
+from engine.base_model import resolve_base_model  # noqa: E402
+from engine.threads import reserve_for_workers  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
 
 CLIENTS = (1, 4, 8, 16)
@@ -57,7 +57,7 @@ REGISTERED = 64  # adapters registered for the many-adapters run
 # ---- the server ----------------------------------------------------------------------------------
 
 
-def make_adapters(runtime: Runtime, home: Path, count: int) -> list[str]:
+def make_adapters(parts: Parts, home: Path, count: int) -> list[str]:
     """Install ``count`` random adapters shaped like a trained one; the first few are made, the rest re-seeded."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -66,7 +66,7 @@ def make_adapters(runtime: Runtime, home: Path, count: int) -> list[str]:
     from training.random_adapter import make_random_adapter
 
     recipe = Recipe()
-    config = AutoConfig.from_pretrained(resolve_base_model(runtime.settings))
+    config = AutoConfig.from_pretrained(resolve_base_model(parts.settings))
     names = []
     for i in range(count):
         folder = home / "uploads" / f"lora{i}"
@@ -83,27 +83,27 @@ def make_adapters(runtime: Runtime, home: Path, count: int) -> list[str]:
                 str(folder / "adapter_model.safetensors"),
             )
         name = f"svc{i:02d}"
-        runtime.registry.install(folder, name, description=f"benchmark adapter {i}")
+        parts.registry.install(folder, name, description=f"benchmark adapter {i}")
         names.append(name)
     return names
 
 
 @contextmanager
-def enabled(runtime: Runtime, names: list[str]) -> Iterator[None]:
+def enabled(parts: Parts, names: list[str]) -> Iterator[None]:
     """The adapters registered only for the many-adapters loads, enabled within the block."""
     for name in names:
-        runtime.registry.set_status(name, "enabled")
+        parts.registry.set_status(name, "enabled")
     try:
         yield
     finally:
         for name in names:
-            runtime.registry.set_status(name, "disabled")
+            parts.registry.set_status(name, "disabled")
 
 
-def start_server(runtime: Runtime):
+def start_server(parts: Parts):
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(parts), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -114,12 +114,12 @@ def start_server(runtime: Runtime):
 # ---- a cold adapter ------------------------------------------------------------------------------
 
 
-def cold_start(runtime: Runtime, url: str, names: list[str], tokens: int, rounds: int) -> tuple[float, float]:
+def cold_start(parts: Parts, url: str, names: list[str], tokens: int, rounds: int) -> tuple[float, float]:
     """Median time to first token for a resident adapter and for one that is not resident (one request alone)."""
     warm_ttft, cold_ttft = [], []
     with httpx.Client(base_url=url, timeout=600) as client:
         for i in range(rounds):
-            resident = set(runtime.engine.resident_adapters)
+            resident = set(parts.engine.resident_adapters)
             cold = next(n for n in reversed(names) if not any(k.startswith(f"{n}__") for k in resident))
             hot = next(n for n in names if any(k.startswith(f"{n}__") for k in resident))
             warm_request = chat(client, hot, PROMPTS[i % len(PROMPTS)], tokens)
@@ -187,15 +187,15 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     try:
         settings = load_settings({"home": home, "base_model": args.base_model, "device": args.device}, environ={})
-        runtime = Runtime(settings)
+        parts = Parts(settings)
         print(f"preparing a server with {REGISTERED} adapters on {home} ...", file=sys.stderr, flush=True)
-        names = make_adapters(runtime, home, REGISTERED)
+        names = make_adapters(parts, home, REGISTERED)
         served, tail = names[:SERVED], names[SERVED:]
         for name in tail:  # registered for the many-adapters load only
-            runtime.registry.set_status(name, "disabled")
-        warm(runtime)
-        server, thread, url = start_server(runtime)
-        run(runtime, url, served, tail, args)
+            parts.registry.set_status(name, "disabled")
+        warm(parts)
+        server, thread, url = start_server(parts)
+        run(parts, url, served, tail, args)
         server.should_exit = True
         thread.join(timeout=10)
     finally:
@@ -203,15 +203,15 @@ def main() -> None:
 
 
 def measure_round(
-    runtime: Runtime, url: str, served: list[str], tail: list[str], generator: LoadGenerator, args, reverse: bool
+    parts: Parts, url: str, served: list[str], tail: list[str], generator: LoadGenerator, args, reverse: bool
 ) -> dict[str, Load]:
     """Every load once, back to back (in reverse order when ``reverse``); C=8 sits next to most loads it is compared with."""
-    config = runtime.settings.scheduler
+    config = parts.settings.scheduler
     load = lambda label, clients, models: generator.measure(  # noqa: E731
         url, label, clients, models, args.seconds, args.tokens, args.warmup
     )
     spread = RoundRobin(tuple(served))
-    resident = runtime.settings.max_resident_adapters
+    resident = parts.settings.max_resident_adapters
 
     def one_at_a_time() -> Load:  # the baseline: the same server deciding one request at a time
         config.batching = False
@@ -221,7 +221,7 @@ def measure_round(
             config.batching = True
 
     def many_adapters() -> Load:
-        with enabled(runtime, tail):
+        with enabled(parts, tail):
             return load(f"batched, {REGISTERED} adapters zipf, {resident} resident", 8, Zipf((*served, *tail)))
 
     loads = {
@@ -250,8 +250,8 @@ def ratios(loads: dict[str, Load]) -> list[tuple[str, float, str, float]]:
     ]
 
 
-def run(runtime: Runtime, url: str, served: list[str], tail: list[str], args) -> None:
-    config = runtime.settings.scheduler
+def run(parts: Parts, url: str, served: list[str], tail: list[str], args) -> None:
+    config = parts.settings.scheduler
     with httpx.Client(base_url=url, timeout=600) as client:  # warm-up: first-use costs of every served adapter
         for name in [*served, "base"]:
             chat(client, name, PROMPTS[0], 4)
@@ -259,7 +259,7 @@ def run(runtime: Runtime, url: str, served: list[str], tail: list[str], args) ->
     print(
         f"\nserving over HTTP: {SERVED} adapters (rank {Recipe().rank}, all projections), {args.tokens} tokens a request, "
         f"{args.seconds:.0f}s windows, {args.rounds} rounds, max_batch_size={config.max_batch_size}, "
-        f"device={runtime.engine.device}\n"
+        f"device={parts.engine.device}\n"
     )
     print(
         f"| {'round':>5} | {'load':<34} | {'C':>3} | {'tok/s':>8} | {'req/s':>6} | {'TTFT50':>7} | {'TTFT95':>7} "
@@ -270,18 +270,18 @@ def run(runtime: Runtime, url: str, served: list[str], tail: list[str], args) ->
     generator = LoadGenerator()
     try:
         for number in range(1, args.rounds + 1):
-            rounds.append(measure_round(runtime, url, served, tail, generator, args, reverse=number % 2 == 0))
+            rounds.append(measure_round(parts, url, served, tail, generator, args, reverse=number % 2 == 0))
             for load in rounds[-1].values():
                 print_row(number, load)
     finally:
         generator.close()
-    with enabled(runtime, tail):
-        warm_ttft, cold_ttft = cold_start(runtime, url, [*served, *tail], args.tokens, args.cold_rounds)
-    reloads = runtime.engine.adapter_load_seconds
+    with enabled(parts, tail):
+        warm_ttft, cold_ttft = cold_start(parts, url, [*served, *tail], args.tokens, args.cold_rounds)
+    reloads = parts.engine.adapter_load_seconds
     print(
         f"\ncold adapter: TTFT {cold_ttft * 1000:.0f} ms vs {warm_ttft * 1000:.0f} ms resident "
         f"(adapter loads this run: {len(reloads)}, median {statistics.median(reloads) * 1000:.0f} ms; "
-        f"slot gathers: {runtime.engine.slot_gathers})"
+        f"slot gathers: {parts.engine.slot_gathers})"
     )
 
     per_round = [ratios(loads) for loads in rounds]

@@ -33,7 +33,7 @@ VARIANTS = {"lora": False, "qlora": True}  # baseline first
 def child(variant: str, home: Path, base_model: str, steps: int, batch_size: int, out: Path) -> None:
     import torch
 
-    from bot.settings import load_settings
+    from core.settings import load_settings
     from training.dataset import REPLAY_FILE, DatasetOptions, build_dataset
     from training.finetune import finetune
     from training.recipe import Recipe
@@ -78,8 +78,8 @@ def main() -> None:
         child(args.child, args.home, args.base_model, args.steps, args.batch_size, args.out)
         return
 
-    from bot.base_model import resolve_base_model
-    from bot.settings import load_settings
+    from core.settings import load_settings
+    from engine.base_model import resolve_base_model
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         home = Path(tmp)

@@ -17,10 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import median_seconds  # noqa: E402
-from bot.pipeline import Pipeline  # noqa: E402
-from bot.prompt import build_messages  # noqa: E402
-from bot.runtime import Runtime  # noqa: E402
-from bot.settings import load_settings  # noqa: E402
+from bot.parts import Parts  # noqa: E402
+from core.settings import load_settings  # noqa: E402
+from knowledge.prompt import build_messages  # noqa: E402
 
 MESSAGE = "Summarise our chat."
 
@@ -48,9 +47,9 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bench-trimming-"))
-    runtime = Runtime(load_settings({"home": home, "base_model": args.base_model}))
-    pipeline = Pipeline(runtime)
-    engine = runtime.engine
+    parts = Parts(load_settings({"home": home, "base_model": args.base_model}))
+    pipeline = parts.pipeline
+    engine = parts.engine
     options = engine.default_options()
     room = engine.context_window - min(options.max_new_tokens, engine.context_window // 2)
 

@@ -3,7 +3,7 @@
 Both edges hand over uploaded files as (original name, readable source)
 pairs; this module checks the token, stages the files under safe names,
 unpacks adapter zips without letting a member escape the staging folder,
-and applies the change to the running runtime (registry, engine, router,
+and applies the change to the running parts (registry, engine, router,
 knowledge base) so it is live without a restart.
 """
 
@@ -23,10 +23,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from adapters.manifest import Manifest
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
-from bot.errors import InvalidRequestError, LockedError, NotFoundError, SwitchboardError
+from core.errors import InvalidRequestError, LockedError, NotFoundError, SwitchboardError
 
 if TYPE_CHECKING:
-    from bot.runtime import Runtime
+    from bot.parts import Parts
 
 Upload = tuple[str, "IO[bytes] | Path"]
 COPY_CHUNK = 1 << 20
@@ -71,15 +71,15 @@ def split_commas(text: str | None) -> list[str]:
 
 
 class Admin:
-    """The admin actions of one running runtime."""
+    """The admin actions of one running parts."""
 
-    def __init__(self, runtime: "Runtime") -> None:
-        self.runtime = runtime
+    def __init__(self, parts: "Parts") -> None:
+        self.parts = parts
         self._exporting = threading.Lock()
 
     @property
     def max_upload_bytes(self) -> int:
-        return self.runtime.settings.server.max_upload_bytes
+        return self.parts.settings.server.max_upload_bytes
 
     # ---- adapters
 
@@ -99,7 +99,7 @@ class Admin:
             files = list(folder.iterdir())
             if len(files) == 1 and files[0].suffix.lower() == ".zip":
                 folder = self._unzip(files[0], folder / "unzipped")
-            manifest = self.runtime.registry.install(
+            manifest = self.parts.registry.install(
                 folder,
                 name,
                 description=description,
@@ -110,31 +110,36 @@ class Admin:
                 provenance={"source": "upload"},
             )
         self._unload(name, keep=manifest.key)
-        self.runtime.refresh_router()
+        self._follow()
         return manifest
 
     def set_enabled(self, name: str, enabled: bool) -> Manifest:
-        manifest = self.runtime.registry.set_status(name, "enabled" if enabled else "disabled")
-        self.runtime.refresh_router()
+        manifest = self.parts.registry.set_status(name, "enabled" if enabled else "disabled")
+        self._follow()
         return manifest
 
     def remove_adapter(self, name: str) -> None:
         """Remove every version; the engine drops its weights so a later install of the name starts clean."""
-        self.runtime.registry.remove(name)
+        self.parts.registry.remove(name)
         self._unload(name)
-        self.runtime.refresh_router()
+        self._follow()
 
     def rollback_adapter(self, name: str) -> Manifest:
         """Serve the previous version again, live: the engine drops the newer weights and the router its examples."""
-        manifest = self.runtime.registry.rollback(name)
+        manifest = self.parts.registry.rollback(name)
         self._unload(name, keep=manifest.key)
-        self.runtime.refresh_router()
+        self._follow()
         return manifest
 
+    def _follow(self) -> None:
+        """The router serves the change now; one not built yet reads the registry when it is."""
+        if self.parts.built("router"):
+            self.parts.router.follow(self.parts.registry)
+
     def _unload(self, name: str, keep: str | None = None) -> None:
-        if "engine" not in vars(self.runtime):  # nothing loaded in a process that never generated
+        if not self.parts.built("engine"):  # nothing loaded in a process that never generated
             return
-        engine = self.runtime.engine
+        engine = self.parts.engine
         for key in engine.resident_adapters:
             if key.startswith(f"{name}__v") and key != keep:
                 engine.unload_adapter(key)
@@ -166,7 +171,7 @@ class Admin:
 
     @property
     def exports_dir(self) -> Path:
-        return self.runtime.settings.home / "exports"
+        return self.parts.settings.home / "exports"
 
     def export_adapter(
         self, name: str, format: str, version: int | None = None, dtype: str | None = None, progress=None
@@ -178,7 +183,7 @@ class Admin:
         from training.artifacts.builder import export_adapter
         from training.artifacts.config import export_config
 
-        manifest = self.runtime.registry.get(name, version)
+        manifest = self.parts.registry.get(name, version)
         precision = export_config(format=format, out=self.exports_dir, dtype=dtype).precision
         export_id = "-".join(p for p in (manifest.name, f"v{manifest.version}", format, precision) if p)
         config = export_config(format=format, out=self.exports_dir / export_id, dtype=dtype, force=True)
@@ -187,7 +192,7 @@ class Admin:
         try:
             self._archive_path(export_id).unlink(missing_ok=True)
             kwargs = {"progress": progress} if progress else {}
-            result = export_adapter(self.runtime.settings, self.runtime.registry, name, config, manifest.version, **kwargs)
+            result = export_adapter(self.parts.settings, self.parts.registry, name, config, manifest.version, **kwargs)
         finally:
             self._exporting.release()
         folder = result.pop("out")
@@ -230,14 +235,14 @@ class Admin:
         """
         with self._staged(uploads) as folder:
             files = sorted(folder.iterdir())
-            report = self.runtime.knowledge.ingest(files, collection, progress=progress, replace=replace, uploaded=True)
+            report = self.parts.knowledge.ingest(files, collection, progress=progress, replace=replace, uploaded=True)
         result = report.to_dict()
         for item in result["skipped"]:  # report the upload's name, not the staging path
             item["path"] = Path(item["path"]).name
         return result
 
     def remove_document(self, source: str, collection: str) -> dict[str, Any]:
-        return self.runtime.knowledge.remove(source, collection)
+        return self.parts.knowledge.remove(source, collection)
 
     # ---- staging
 

@@ -28,13 +28,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bot.admin import Admin, check_token, split_commas, split_lines
-from bot.errors import BusyError, ConfigError, ForbiddenError, InvalidRequestError, RequestCancelledError, SwitchboardError
+from bot.admin import check_token, split_commas, split_lines
 from bot.guards import ERROR_TYPES, AllowedMethods, BodyLimit, SameOrigin, UploadGate, error_response, is_loopback_name
 from bot.openapi import OPTIONAL_AUTH, chat_body, error_responses, install_schema, json_body, multipart_body
+from bot.parts import Parts
 from bot.pipeline import TurnRequest, TurnResult, TurnStream
-from bot.runtime import Runtime
-from bot.settings import Settings
+from core.errors import (
+    BusyError,
+    ConfigError,
+    ForbiddenError,
+    InvalidRequestError,
+    RequestCancelledError,
+    SwitchboardError,
+)
+from core.settings import Settings
 from training.artifacts.config import DTYPE_HELP, FORMAT_HELP
 
 log = logging.getLogger(__name__)
@@ -318,11 +325,11 @@ def check_bind(host: str, admin_token: str | None) -> None:
 # ---- the application ---------------------------------------------------------------------------------
 
 
-def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
+def create_app(parts: Parts, ui: bool = True) -> FastAPI:
     """The API routes, then the Gradio UI mounted at ``/`` (routes declared first take precedence)."""
-    settings = runtime.settings
-    pipeline = runtime.pipeline
-    admin = Admin(runtime)
+    settings = parts.settings
+    pipeline = parts.pipeline
+    admin = parts.admin
     app = FastAPI(
         title="Switchboard",
         docs_url="/api/docs",
@@ -363,7 +370,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         check_token(settings.admin_token, credentials.credentials.strip() if credentials else None)
 
     def token_of(result: TurnResult) -> str | None:
-        return runtime.log.feedback_token(result.message_id) if result.message_id else None
+        return parts.log.feedback_token(result.message_id) if result.message_id else None
 
     # ---- chat
 
@@ -448,7 +455,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
             entry("auto", "Routes each message to the adapter that fits it."),
             entry("base", "The base model with no adapter."),
         ]
-        data += [entry(m.name, m.description) for m in runtime.registry.list() if m.enabled]
+        data += [entry(m.name, m.description) for m in parts.registry.list() if m.enabled]
         return {"object": "list", "data": data}
 
     @app.post("/v1/feedback", openapi_extra={**json_body("FeedbackRequest"), **OPTIONAL_AUTH})
@@ -461,11 +468,11 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         if trusted:
             check_token(settings.admin_token, credentials.credentials.strip())
         elif body.feedback_token is not None:
-            if not runtime.log.check_feedback_token(body.message_id, body.feedback_token):
+            if not parts.log.check_feedback_token(body.message_id, body.feedback_token):
                 raise ForbiddenError("the feedback_token is not the one given with this answer")
             trusted = True
         await run_in_threadpool(
-            runtime.log.add_feedback,
+            parts.log.add_feedback,
             body.message_id,
             body.rating,
             comment=body.comment,
@@ -476,9 +483,9 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        if "scheduler" in runtime.__dict__ and not runtime.scheduler.alive:
+        if parts.built("scheduler") and not parts.scheduler.alive:
             return error_response(503, "the generation worker is not running; see the server log")
-        adapters = [{"name": m.name, "version": m.version, "status": m.status} for m in runtime.registry.list()]
+        adapters = [{"name": m.name, "version": m.version, "status": m.status} for m in parts.registry.list()]
         return {"status": "ok", "base_model": settings.base_model, "adapters": adapters}
 
     # ---- admin
@@ -487,7 +494,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
 
     @app.get("/admin/adapters", dependencies=guarded)
     def list_adapters() -> list[dict[str, Any]]:
-        return [m.summary() for m in runtime.registry.list()]
+        return [m.summary() for m in parts.registry.list()]
 
     @app.post("/admin/adapters", dependencies=guarded, status_code=201, openapi_extra=ADAPTER_FORM)
     async def install_adapter(request: Request) -> dict[str, Any]:
@@ -540,16 +547,16 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
     @app.get("/admin/feedback", dependencies=guarded)
     def untrusted_feedback() -> list[dict[str, Any]]:
         """Feedback sent without the answer's feedback token, waiting for an operator to accept it."""
-        return runtime.log.untrusted_feedback()
+        return parts.log.untrusted_feedback()
 
     @app.post("/admin/feedback/{message_id}/accept", dependencies=guarded)
     def accept_feedback(message_id: str = Path(max_length=128)) -> dict[str, Any]:
         """Let training use the untrusted feedback on this answer."""
-        return {"message_id": message_id, "accepted": runtime.log.accept_feedback(message_id)}
+        return {"message_id": message_id, "accepted": parts.log.accept_feedback(message_id)}
 
     @app.get("/admin/knowledge", dependencies=guarded)
     def list_knowledge() -> list[dict[str, Any]]:
-        return runtime.knowledge.list_collections()
+        return parts.knowledge.list_collections()
 
     @app.post("/admin/knowledge/{collection}", dependencies=guarded, openapi_extra=multipart_body([], {}))
     async def ingest(collection: str, request: Request) -> dict[str, Any]:
@@ -570,12 +577,12 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
         body = await read_json(request)
         if not isinstance(body, dict):
             raise InvalidRequestError("the training request must be a JSON object")
-        run_id = await run_in_threadpool(runtime.training_runs.start, body)  # training checks the fields
+        run_id = await run_in_threadpool(parts.training_runs.start, body)  # training checks the fields
         return {"run_id": run_id, "status_url": f"/admin/train/{run_id}"}
 
     @app.get("/admin/train/{run_id}", dependencies=guarded)
     def training_status(run_id: str) -> dict[str, Any]:
-        return runtime.training_runs.status(run_id)
+        return parts.training_runs.status(run_id)
 
     install_schema(app, _body_models, token_required=settings.admin_token is not None)
     if ui:
@@ -583,7 +590,7 @@ def create_app(runtime: Runtime, ui: bool = True) -> FastAPI:
 
         from bot.ui import build_ui
 
-        blocks = build_ui(runtime, admin)
+        blocks = build_ui(parts, admin)
         app = gr.mount_gradio_app(
             app, blocks, path="/", max_file_size=settings.server.max_upload_bytes, ssr_mode=False, footer_links=[],
             allowed_paths=[str(admin.exports_dir)],  # the Adapters tab offers exports for download
@@ -605,7 +612,7 @@ ADAPTER_FORM = multipart_body(
 
 
 def _body_models() -> list[type[BaseModel]]:
-    from training.run import TrainRequest
+    from training.train import TrainRequest
 
     return [ChatCompletionRequest, FeedbackRequest, TrainRequest, ExportRequest]
 
@@ -634,26 +641,26 @@ def _examples(value) -> list[str]:
 # ---- serving -----------------------------------------------------------------------------------------
 
 
-def warm(runtime: Runtime) -> None:
+def warm(parts: Parts) -> None:
     """Load every long-lived part before the first request, logging each step."""
     steps = [
-        ("base model and engine", lambda: runtime.engine),
-        ("embedding model", lambda: runtime.encoder),
-        ("knowledge base", lambda: runtime.knowledge),
-        ("router", lambda: runtime.router),
-        ("conversation log", lambda: runtime.log),
+        ("base model and engine", lambda: parts.engine),
+        ("embedding model", lambda: parts.encoder),
+        ("knowledge base", lambda: parts.knowledge),
+        ("router", lambda: parts.router),
+        ("conversation log", lambda: parts.log),
     ]
     for label, step in steps:
         started = time.perf_counter()
         log.info("loading %s ...", label)
         step()
         log.info("loaded %s in %.1fs", label, time.perf_counter() - started)
-    runtime.registry.check_installed()  # an adapter damaged on disk is disabled here, never fatal
-    enabled = [m for m in runtime.registry.list() if m.enabled][: runtime.settings.max_resident_adapters]
+    parts.registry.check_installed()  # an adapter damaged on disk is disabled here, never fatal
+    enabled = [m for m in parts.registry.list() if m.enabled][: parts.settings.max_resident_adapters]
     for manifest in enabled:
         started = time.perf_counter()
         try:
-            runtime.engine.activate([runtime.engine.ensure(manifest)])
+            parts.engine.activate([parts.engine.ensure(manifest)])
         except SwitchboardError as exc:
             log.warning("adapter %s v%d could not be loaded; it loads on demand: %s", manifest.name, manifest.version, exc)
             continue
@@ -664,7 +671,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     """Serve the UI at / and the API at /v1 on one port until interrupted."""
     import uvicorn
 
-    from bot.cores import reserve_for_workers
+    from engine.threads import reserve_for_workers
 
     reserve_for_workers()  # before the models load: the scheduler's thread decodes on every core
 
@@ -674,9 +681,9 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.admin_token:
         log.warning("no admin token set (SWITCHBOARD_ADMIN_TOKEN): serving on loopback only, admin actions open to local users")
-    runtime = Runtime(settings)
-    warm(runtime)
-    app = create_app(runtime)
+    parts = Parts(settings)
+    warm(parts)
+    app = create_app(parts)
     log.info("Switchboard at http://%s:%d/ (API at /v1)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 

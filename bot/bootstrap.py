@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.prompt import build_messages
-from bot.runtime import Runtime
+from bot.parts import Parts
 from knowledge.passage import Passage
+from knowledge.prompt import build_messages
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +64,27 @@ def write_training_files(assistant: Path, system_prompt: str, target: Path) -> t
 
 
 def bootstrap(
-    runtime: Runtime,
+    parts: Parts,
     demo_dir: Path = DEMO_DIR,
     max_steps: int | None = None,
     on_progress: Callable[[str, object], None] | None = None,
 ) -> BootstrapReport:
     """Make the demo assistants ready; returns what was ingested, trained or already there."""
-    from training.run import TrainRequest, train_adapter
+    from training.train import TrainRequest, train_adapter
 
     report = BootstrapReport()
-    names = set(runtime.registry.names())
+    names = set(parts.registry.names())
     for name in DEMO_ASSISTANTS:
         assistant = demo_dir / name
         manifest = json.loads((assistant / "manifest.json").read_text(encoding="utf-8"))
         documents = sorted(p for p in (assistant / "knowledge").iterdir() if p.is_file())
         for collection in manifest.get("collections", [name]):
-            report.ingested[collection] = runtime.knowledge.ingest(documents, collection, progress=True).to_dict()
+            report.ingested[collection] = parts.knowledge.ingest(documents, collection, progress=True).to_dict()
         if name in names:
             report.skipped.append(name)
             continue
         log.info("Training the demo adapter %r (first start only)", name)
-        data, golden = write_training_files(assistant, manifest["system_prompt"], runtime.settings.home / "demo" / name)
+        data, golden = write_training_files(assistant, manifest["system_prompt"], parts.settings.home / "demo" / name)
         recipe = {**manifest.get("training", {}), **({"max_steps": max_steps} if max_steps else {})}
         request = TrainRequest(
             adapter=name,
@@ -95,9 +95,9 @@ def bootstrap(
             examples=manifest["examples"],
             **recipe,
         )
-        run = train_adapter(runtime, request, on_progress=on_progress)
+        run = train_adapter(request, settings=parts.settings, registry=parts.registry, on_progress=on_progress)
         if run.get("installed"):
-            runtime.registry.update(
+            parts.registry.update(
                 name,
                 collections=manifest.get("collections", [name]),
                 no_answer=manifest.get("no_answer", ""),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.errors import InvalidRequestError
 from bot.router import BASE, Router
+from core.errors import InvalidRequestError
 
 BASE_LABEL = BASE  # how "no adapter" appears in reports; no adapter can be named so
 

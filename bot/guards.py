@@ -24,8 +24,8 @@ from starlette.datastructures import Headers
 from starlette.routing import Match, Route
 
 from bot.admin import PayloadTooLargeError, check_token
-from bot.errors import SwitchboardError
-from bot.settings import Settings
+from core.errors import SwitchboardError
+from core.settings import Settings
 
 ERROR_TYPES = {
     400: "invalid_request_error",

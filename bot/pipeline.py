@@ -23,23 +23,24 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from adapters.manifest import Manifest
-from bot.conversations import MAX_ID_CHARS
-from bot.decoding import Generation, GenerationRequest
-from bot.errors import InvalidRequestError, RequestCancelledError
-from bot.prompt import build_messages
-from bot.router import AUTO, Route
-from bot.sampling import GenerationOptions
+from bot.dispatch import Dispatcher
+from bot.router import Route
+from conversations.log import MAX_ID_CHARS, ConversationLog
+from core.errors import InvalidRequestError, RequestCancelledError
+from core.settings import Settings
+from engine.decoding import Generation, GenerationRequest
+from engine.embedded import Engine
+from engine.sampling import GenerationOptions
+from engine.scheduler import Scheduler
 from knowledge.grounding import GroundingReport, ground_answer
 from knowledge.grounding.script import chinese_script, in_script
 from knowledge.passage import Passage
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
+from knowledge.prompt import build_messages
 
 REMEMBERED_CONVERSATIONS = 10_000
 HISTORY_MESSAGES = 20  # earlier messages of a logged conversation offered to the prompt, before trimming
@@ -165,20 +166,18 @@ def source_dict(number: int, passage: Passage) -> dict[str, Any]:
 
 
 class Pipeline:
-    """Answers chat turns with the runtime's router, knowledge base, engine and conversation log."""
+    """Answers chat turns: the dispatcher routes and retrieves, the scheduler generates, the log keeps them."""
 
-    def __init__(self, runtime: "Runtime", knowledge=None) -> None:
-        """``knowledge`` replaces the runtime's writer knowledge base (the CLI reads beside a running server)."""
-        self.runtime = runtime
-        self._knowledge = knowledge
+    def __init__(self, dispatcher: Dispatcher, engine: Engine, scheduler: Scheduler, log: ConversationLog, settings: Settings) -> None:
+        self.dispatcher = dispatcher
+        self.engine = engine
+        self.scheduler = scheduler
+        self.log = log
+        self.settings = settings
         # The router's follow-up rule needs each conversation's last adapter; the log does not index it,
         # so the pipeline remembers it for the conversations it served (recent ones, bounded).
         self._last_adapter: OrderedDict[str, str | None] = OrderedDict()
         self._lock = threading.Lock()
-
-    @property
-    def knowledge(self):
-        return self._knowledge if self._knowledge is not None else self.runtime.knowledge
 
     # ---- the turn
 
@@ -191,23 +190,9 @@ class Pipeline:
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
-        self.runtime.refresh_router()  # adapters installed or disabled by another process
-        pool = self._candidates(request.message) if request.adapter in (None, AUTO) else None
-        timings["retrieve"] = time.perf_counter() - started
-
-        mark = time.perf_counter()
-        strengths = pool.strengths() if pool is not None else None
-        route = self.runtime.router.choose(request.message, request.adapter, self._previous_adapter(request), strengths)
-        manifest = self.runtime.enabled_adapter(route.adapter) if route.adapter else None
-        timings["route"] = time.perf_counter() - mark
-
-        mark = time.perf_counter()
-        collections = list(manifest.collections) if manifest else self._default_collections
-        if pool is not None:
-            passages = pool.within(collections)
-        else:
-            passages = self.knowledge.retrieve(request.message, collections) if collections else []
-        timings["retrieve"] += time.perf_counter() - mark
+        dispatch = self.dispatcher.dispatch(request.message, request.adapter, self._previous_adapter(request))
+        manifest, route, passages = dispatch.manifest, dispatch.route, dispatch.passages
+        timings.update(dispatch.timings)
 
         mark = time.perf_counter()
         options = self._options(manifest, request.options)
@@ -216,7 +201,7 @@ class Pipeline:
         messages, passages = self._fit(request.message, passages, system, history, options)
         timings["prompt"] = time.perf_counter() - mark
         turn = PreparedTurn(request, manifest, route, passages, messages, options, None, started, timings)
-        if collections and not passages:
+        if dispatch.collections and not passages:
             turn.no_answer = turn.refusal
         return turn
 
@@ -231,7 +216,7 @@ class Pipeline:
             if on_text is not None:
                 on_text(piece)
 
-        config = self.runtime.settings.grounding
+        config = self.settings.grounding
         if turn.no_answer is not None:
             forward(turn.no_answer)
             generation = Generation(text=turn.no_answer, prompt_tokens=0, completion_tokens=0, finish_reason="stop")
@@ -251,7 +236,7 @@ class Pipeline:
 
         mark = time.perf_counter()
         sources = turn.sources()
-        ids = self.runtime.log.log_turn(
+        ids = self.log.log_turn(
             turn.request.conversation_id,
             turn.request.message,
             report.answer,
@@ -289,43 +274,20 @@ class Pipeline:
             checks=report,
         )
 
-    def route(self, message: str, previous: str | None = None) -> Route:
-        """Where ``message`` goes under 'auto', with the retrieval signal that took part in the choice."""
-        self.runtime.refresh_router()
-        return self.runtime.router.choose(message, AUTO, previous, self._candidates(message).strengths())
-
     def stream(self, turn: PreparedTurn) -> "TurnStream":
         """Iterate text pieces as they are generated; the finished turn is ``.result`` afterwards."""
         return TurnStream(self, turn)
 
     def _generate(self, turn: PreparedTurn, on_text: TextCallback) -> Generation:
         """The one generation call of serving: the scheduler batches it with every other caller's."""
-        runtime = self.runtime
-        key = runtime.engine.ensure(turn.manifest)
+        key = self.engine.ensure(turn.manifest)
         request = GenerationRequest(turn.messages, key, turn.options, on_text, cancel=turn.cancel)
-        generation = runtime.scheduler.submit(request).result()
+        generation = self.scheduler.submit(request).result()
         if generation.finish_reason == "cancelled":  # nobody reads the answer: it is neither returned nor logged
             raise RequestCancelledError("the client went away; the generation was stopped")
         return generation
 
     # ---- stages
-
-    def _candidates(self, message: str) -> "_Candidates":
-        """One retrieval over the collections of every routable adapter (and the base's), ranked together.
-
-        Routing reads how well each adapter's documents answer the message
-        from it, and the chosen adapter's passages are taken from it: the
-        query is embedded and searched once, not once per adapter.
-        """
-        by_adapter = self.runtime.router.collections()
-        everything = list(dict.fromkeys([*(c for cs in by_adapter.values() for c in cs), *self._default_collections]))
-        k = self.knowledge.config.k
-        passages = self.knowledge.retrieve(message, everything, k=k * len(everything)) if everything else []
-        return _Candidates(passages, by_adapter, k)
-
-    @property
-    def _default_collections(self) -> list[str]:
-        return list(self.runtime.settings.knowledge.default_collections)
 
     def _previous_adapter(self, request: TurnRequest) -> str | None:
         """The adapter of the conversation's last turn, so a short follow-up ("and for tents?") stays with it."""
@@ -344,7 +306,7 @@ class Pipeline:
     def _options(self, manifest: Manifest | None, overrides: dict[str, Any]) -> GenerationOptions:
         values = {**(manifest.generation if manifest else {}), **{k: v for k, v in overrides.items() if v is not None}}
         try:
-            return self.runtime.engine.default_options(**values)
+            return self.engine.default_options(**values)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "options"
@@ -355,7 +317,7 @@ class Pipeline:
             return list(request.history)
         if request.conversation_id is None:
             return []
-        return self.runtime.log.history(request.conversation_id, HISTORY_MESSAGES)
+        return self.log.history(request.conversation_id, HISTORY_MESSAGES)
 
     def _fit(
         self,
@@ -370,7 +332,7 @@ class Pipeline:
         The first source always stays (it is what a grounded answer rests on);
         a message that cannot fit even alone is the caller's error.
         """
-        engine = self.runtime.engine
+        engine = self.engine
         window = engine.context_window
         room = window - min(options.max_new_tokens, window // 2)
         history = list(history)
@@ -403,7 +365,7 @@ class Pipeline:
         rendering without history; re-rendering the prompt per dropped pair made trimming quadratic
         (3,200 messages took minutes). :meth:`_fit` verifies the result by rendering it once.
         """
-        engine = self.runtime.engine
+        engine = self.engine
         bare = engine.count_tokens(build_messages(message, passages, system, []))
         contents = [str(turn.get("content") or "") for turn in history]
         lengths = [len(ids) for ids in engine.tokenizer(contents, add_special_tokens=False)["input_ids"]]
@@ -412,25 +374,6 @@ class Pipeline:
             if index % 2 == 1 and covered >= excess:  # whole pairs only, oldest first
                 return history[index + 1 :]
         return []
-
-
-@dataclass(frozen=True)
-class _Candidates:
-    """Passages of one retrieval over many collections, best first."""
-
-    passages: list[Passage]
-    by_adapter: dict[str, tuple[str, ...]]
-    k: int
-
-    def strengths(self) -> dict[str, float]:
-        """Relevance of the best passage in each adapter's collections (0 without one)."""
-        return {
-            name: max((p.score for p in self.passages if p.collection in collections), default=0.0)
-            for name, collections in self.by_adapter.items()
-        }
-
-    def within(self, collections: list[str]) -> list[Passage]:
-        return [p for p in self.passages if p.collection in collections][: self.k]
 
 
 class TurnStream:

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adapters.manifest import Manifest
-from bot.errors import InvalidRequestError, NotFoundError
-from bot.settings import RouterConfig
+from adapters.registry import Registry
+from core.errors import InvalidRequestError, NotFoundError
+from core.settings import RouterConfig
 from knowledge.embeddings import Encoder
 from knowledge.lexical import tokenize
 
@@ -294,6 +295,19 @@ class Router:
             self.revision = revision
             return SyncReport(added=added, updated=updated, removed=removed, embedded=len(new_texts))
 
+    def follow(self, registry: Registry) -> bool:
+        """Re-sync with the registry if it changed on disk, here or in another process; True if it did.
+
+        Costs one small file read when nothing changed, so callers may run it
+        before every turn. The revision is read before listing: a change made
+        during the sync is caught by the next call.
+        """
+        revision = registry.revision()
+        if revision == self.revision:
+            return False
+        self.sync(registry.list(), revision=revision)
+        return True
+
     def scores(self, message: str) -> dict[str, float]:
         """Score in [0, 1] of every routable adapter for ``message`` (no threshold, no conversation)."""
         return self.score_batch([message])[0]
@@ -302,7 +316,18 @@ class Router:
         """:meth:`scores` of many messages with one batched encoder call (calibration, benchmarks)."""
         return self._score_batch(self._index, [check_message(m)[: self.config.max_chars] for m in messages])
 
-    def _score_batch(self, index: _Index, texts: list[str]) -> list[dict[str, float]]:
+    def embed(self, message: str) -> np.ndarray | None:
+        """The vector the router scores ``message`` with (None: nothing the encoder can read).
+
+        The dispatcher embeds a message once and hands this vector to the
+        router and to retrieval alike.
+        """
+        readable = self._readable(check_message(message)[: self.config.max_chars])
+        return self.encoder([readable])[0] if readable else None
+
+    def _score_batch(
+        self, index: _Index, texts: list[str], vectors: list[np.ndarray] | None = None
+    ) -> list[dict[str, float]]:
         if not index.entries:
             return [{} for _ in texts]
         features = []
@@ -314,8 +339,12 @@ class Router:
             else:
                 weight = sum(1 for t in tokens if not CJK_RUN.search(t)) / len(tokens)
             features.append((tokens, readable, weight if len(index.matrix) else 0.0))
-        dense_texts = [readable for _, readable, weight in features if weight > 0]
-        vectors = iter(self.encoder(dense_texts) if dense_texts else ())
+        if vectors is None:
+            dense_texts = [readable for _, readable, weight in features if weight > 0]
+            vectors = self.encoder(dense_texts) if dense_texts else ()
+        else:
+            vectors = [v for v, (_, _, weight) in zip(vectors, features) if weight > 0]
+        vectors = iter(vectors)
         results = []
         for tokens, _, weight in features:
             similarity = np.zeros(len(index.entries), dtype=np.float32)
@@ -332,7 +361,13 @@ class Router:
             results.append(scores)
         return results
 
-    def route(self, message: str, previous: str | None = None, retrieval: dict[str, float] | None = None) -> Route:
+    def route(
+        self,
+        message: str,
+        previous: str | None = None,
+        retrieval: dict[str, float] | None = None,
+        vector: np.ndarray | None = None,
+    ) -> Route:
         """The adapter for ``message``, or None for the base model.
 
         ``previous`` is the adapter of the conversation's previous turn: a
@@ -347,9 +382,11 @@ class Router:
         (``retrieval_threshold``) may answer even below the routing threshold,
         and among the adapters that may, retrieval adds ``retrieval_weight``
         times its relevance to the routing score.
+
+        ``vector`` is the message's :meth:`embed`, when the caller has it already.
         """
         text = check_message(message)[: self.config.max_chars]
-        scores = self._score_batch(self._index, [text])[0]
+        scores = self._score_batch(self._index, [text], None if vector is None else [vector])[0]
         retrieval = {name: value for name, value in (retrieval or {}).items() if name in scores}
         if not scores:
             return Route(None, 1.0, {}, "no-adapters")
@@ -380,11 +417,12 @@ class Router:
         requested: str | None = AUTO,
         previous: str | None = None,
         retrieval: dict[str, float] | None = None,
+        vector: np.ndarray | None = None,
     ) -> Route:
         """The per-request rule: 'auto' (or None) routes, 'base' answers without an adapter, a name is used as is."""
         text = check_message(message)
         if requested in (None, AUTO):
-            return self.route(text, previous, retrieval)
+            return self.route(text, previous, retrieval, vector)
         if requested == BASE:
             return Route(None, 1.0, {}, "requested")
         if requested not in self._index.names:

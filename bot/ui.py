@@ -6,7 +6,7 @@ The admin tabs call the same :class:`bot.admin.Admin` actions as the HTTP
 admin routes and ask for the admin token when one is configured; their
 handlers are private (not callable through the Gradio API), and check the
 token themselves anyway. The training tab holds no training code: it starts
-runs on the runtime's one :class:`training.runs.RunManager`, the same one the
+runs on the parts's one :class:`bot.training_runs.RunManager`, the same one the
 HTTP admin API uses, and only formats what training reports.
 """
 
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from bot.admin import Admin, check_token, split_commas, split_lines
-from bot.errors import InvalidRequestError, SwitchboardError
 from bot.guards import UPLOAD_COOKIE, UPLOAD_PATH
 from bot.pipeline import TurnRequest, TurnResult
+from core.errors import InvalidRequestError, SwitchboardError
 from training.artifacts.config import DTYPE_HELP, DTYPES, FORMAT_HELP, FORMATS
 
 if TYPE_CHECKING:
-    from bot.runtime import Runtime
+    from bot.parts import Parts
 
 PRIVATE = {"api_visibility": "private"}
 # The browser uploads files before a handler runs, so uploads carry the admin token in a cookie (bot.guards.UploadGate).
@@ -200,13 +200,13 @@ def loss_frame(status: dict[str, Any]):
     return pd.DataFrame(status.get("losses") or [], columns=["step", "loss"]).astype({"step": int, "loss": float})
 
 
-def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
-    settings = runtime.settings
-    admin = admin or Admin(runtime)
+def build_ui(parts: "Parts", admin: Admin | None = None) -> gr.Blocks:
+    settings = parts.settings
+    admin = admin or parts.admin
     needs_token = settings.admin_token is not None
 
     def adapter_choices() -> list[str]:
-        return ["auto", "base", *(m.name for m in runtime.registry.list() if m.enabled)]
+        return ["auto", "base", *(m.name for m in parts.registry.list() if m.enabled)]
 
     def token_box(elem_id: str) -> gr.Textbox:
         box = gr.Textbox(
@@ -229,12 +229,12 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
         history = list(history or [])
         ids = list(ids or [])
         try:
-            turn = runtime.pipeline.prepare(TurnRequest(message or "", adapter or "auto", conversation_id))
+            turn = parts.pipeline.prepare(TurnRequest(message or "", adapter or "auto", conversation_id))
         except SwitchboardError as exc:
             raise gr.Error(str(exc)) from None
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield "", history, conversation_id, ids
-        stream = runtime.pipeline.stream(turn)
+        stream = parts.pipeline.stream(turn)
         text = ""
         try:
             for piece in stream:
@@ -258,7 +258,7 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
         if message_id is None:
             return "Only answers can be rated."
         rating = "up" if data.liked is True or data.liked == "Like" else "down"
-        runtime.log.add_feedback(message_id, rating)
+        parts.log.add_feedback(message_id, rating)
         return f"Thanks: your rating ({'thumbs up' if rating == 'up' else 'thumbs down'}) is saved."
 
     @_user_errors
@@ -268,7 +268,7 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
             return text, "Ask something first: a correction applies to the last answer."
         if not (text or "").strip():
             return text, "Write what the answer should have said."
-        runtime.log.add_feedback(answered[-1], "down", correction=text.strip())
+        parts.log.add_feedback(answered[-1], "down", correction=text.strip())
         return "", "Thanks: your correction is saved for the next training run."
 
     def new_conversation():
@@ -293,14 +293,14 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
         return ("\n".join(lines), *documents(token, collection), gr.update(choices=collections_list()))
 
     def collections_list() -> list[str]:
-        return [c["name"] for c in runtime.knowledge.list_collections()]
+        return [c["name"] for c in parts.knowledge.list_collections()]
 
     @_user_errors
     def documents(token: str, collection: str):
         require(token)
         if not collection or collection not in collections_list():
             return [], gr.update(choices=[], value=None)
-        rows = runtime.knowledge.list_documents(collection)
+        rows = parts.knowledge.list_documents(collection)
         table = [[r["source"], r["chunks"], r["ingested_at"]] for r in rows]
         return table, gr.update(choices=[r["source"] for r in rows], value=None)
 
@@ -315,7 +315,7 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
     @_user_errors
     def search(token: str, collection: str, query: str):
         require(token)
-        passages = runtime.knowledge.search(query or "", [collection] if collection else [])
+        passages = parts.knowledge.search(query or "", [collection] if collection else [])
         return [[p.source, p.section, round(p.score, 3), p.text[:300]] for p in passages]
 
     # ---- adapters
@@ -323,11 +323,11 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
     def adapter_rows() -> list[list]:
         return [
             [m.name, m.version, m.status, m.description[:120], m.rank, m.size_bytes, ", ".join(m.collections)]
-            for m in runtime.registry.list()
+            for m in parts.registry.list()
         ]
 
     def adapter_names() -> list[str]:
-        return runtime.registry.names()
+        return parts.registry.names()
 
     def adapters_view(message: str = ""):
         names = adapter_names()
@@ -393,7 +393,7 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
         require(token)
         if not (message or "").strip():
             raise gr.Error("Type a message to route.")
-        route = runtime.router.route(message)
+        route = parts.router.route(message)
         return {"adapter": route.adapter, "confidence": route.confidence, "scores": route.scores}
 
     # ---- layout
@@ -495,7 +495,7 @@ def build_ui(runtime: "Runtime", admin: Admin | None = None) -> gr.Blocks:
             ad_route_result = gr.JSON(label="Route", elem_id="route-result")
 
         with gr.Tab("Training") as training_tab:
-            training_controls(runtime, admin, token_box("training-token"), require, training_tab)
+            training_controls(parts, admin, token_box("training-token"), require, training_tab)
 
         # ---- events
         chat_inputs = [message, chatbot, adapter, conversation, message_ids]
@@ -551,7 +551,7 @@ def export_markdown(result: dict[str, Any]) -> str:
 
 
 def training_controls(
-    runtime: "Runtime", admin: Admin, token: gr.Textbox, require: Callable[[str | None], None], tab: gr.Tab
+    parts: "Parts", admin: Admin, token: gr.Textbox, require: Callable[[str | None], None], tab: gr.Tab
 ) -> None:
     """The Training tab's components and events, built inside the page's Blocks.
 
@@ -559,8 +559,8 @@ def training_controls(
     follow it (a timer polls the shared run manager while it is active), read
     the evaluation report, roll back.
     """
-    defaults = runtime.settings.training
-    names = runtime.registry.names()
+    defaults = parts.settings.training
+    names = parts.registry.names()
     with gr.Row():
         adapter = gr.Dropdown(
             choices=names, value=None, allow_custom_value=True, label="Adapter", elem_id="training-adapter", scale=2,
@@ -634,20 +634,21 @@ def training_controls(
     @_user_errors
     def preview(key: str, *values: Any) -> str:
         require(key)
-        from training.run import parse_request, preview_dataset  # training imports are heavy: load them on first use
+        from training.train import parse_request, preview_dataset  # training imports are heavy: load them on first use
 
-        return dataset_markdown(preview_dataset(runtime, parse_request(train_request(values))))
+        request = parse_request(train_request(values))
+        return dataset_markdown(preview_dataset(request, settings=parts.settings, registry=parts.registry, log=parts.log))
 
     @_user_errors
     def start(key: str, *values: Any) -> tuple:
         require(key)
-        started = runtime.training_runs.start(train_request(values))
-        return (started, *run_view(runtime.training_runs.status(started)))
+        started = parts.training_runs.start(train_request(values))
+        return (started, *run_view(parts.training_runs.status(started)))
 
     @_user_errors
     def poll(key: str, current: str) -> tuple:
         require(key)
-        return run_view(runtime.training_runs.status(current))
+        return run_view(parts.training_runs.status(current))
 
     @_user_errors
     def rollback(key: str, name: str | None) -> str:
@@ -660,7 +661,7 @@ def training_controls(
 
     def refresh_names() -> tuple:
         """Adapters installed since the page loaded (by a run, an upload, the CLI) show up when the tab opens."""
-        current = runtime.registry.names()
+        current = parts.registry.names()
         return gr.update(choices=current), gr.update(choices=[THIS_ADAPTER, "base", "any", *current])
 
     views = [status_view, plot, report_view, timer]

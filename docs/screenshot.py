@@ -51,14 +51,14 @@ def server(url: str | None):
     import uvicorn
 
     from bot.api import create_app, warm
-    from bot.runtime import Runtime
-    from bot.settings import load_settings
+    from bot.parts import Parts
+    from core.settings import load_settings
 
-    runtime = Runtime(load_settings())
-    if not runtime.registry.names():
+    parts = Parts(load_settings())
+    if not parts.registry.names():
         raise SystemExit("no adapters installed: run `switchboard bootstrap` (or `make run`) first")
-    warm(runtime)
-    live = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=0, log_level="warning"))
+    warm(parts)
+    live = uvicorn.Server(uvicorn.Config(create_app(parts), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=live.run, daemon=True)
     thread.start()
     while not live.started:

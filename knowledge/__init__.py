@@ -1,7 +1,7 @@
 """Knowledge: documents → chunks → embeddings in Chroma; hybrid retrieval with citations.
 
 The public names load on first use (PEP 562), so importing the settings,
-which import :mod:`knowledge.config`, does not import Chroma or BM25.
+which import :mod:`core.sections`, does not import Chroma or BM25.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bot.errors import ConfigError, InvalidRequestError, NotFoundError, SwitchboardError
+from core.errors import ConfigError, InvalidRequestError, NotFoundError, SwitchboardError
 from knowledge.chunking import Chunker, searchable_text
 from knowledge.embeddings import canonical_model_name
 from knowledge.ingest import (
@@ -46,7 +46,7 @@ from knowledge.retrieval import Mode, Target, hybrid_search
 from knowledge.store import MODEL_KEY, STATE_KEY, ChromaStore, WriterLock, check_collection_name
 
 if TYPE_CHECKING:
-    from bot.settings import Settings
+    from core.settings import Settings
     from knowledge.embeddings import Encoder
 
 EMBED_BATCH = 64  # small enough that queries from chats get the shared encoder between batches
@@ -243,13 +243,15 @@ class KnowledgeBase:
         *,
         mode: Mode = "hybrid",
         sources: list[str] | None = None,
+        vector=None,
     ) -> list[Passage]:
         """The ``k`` most relevant passages above ``min_score``; an empty list means nothing relevant.
 
         Collections that do not exist (yet) are ignored, so an adapter can name
-        a collection before anything is ingested into it.
+        a collection before anything is ingested into it. ``vector`` is the
+        query's embedding when the caller has it already (the router embedded it).
         """
-        return self._retrieve(query, collections, k, min_score, mode, sources, strict=False)
+        return self._retrieve(query, collections, k, min_score, mode, sources, strict=False, vector=vector)
 
     def search(
         self,
@@ -268,7 +270,7 @@ class KnowledgeBase:
             raise InvalidRequestError("name at least one collection to search")
         return self._retrieve(query, collections, k, min_score, mode, sources, strict=True)
 
-    def _retrieve(self, query, collections, k, min_score, mode, sources, strict: bool) -> list[Passage]:
+    def _retrieve(self, query, collections, k, min_score, mode, sources, strict: bool, vector=None) -> list[Passage]:
         k = self.config.k if k is None else k
         if k < 1:
             raise InvalidRequestError("k must be at least 1")
@@ -286,7 +288,10 @@ class KnowledgeBase:
             return []
         if mode == "hybrid" and not self._encoder_reads(text):
             mode = "lexical"
-        vector = None if mode == "lexical" else self._encoder([text])[0]
+        if mode == "lexical":
+            vector = None
+        elif vector is None:
+            vector = self._encoder([text])[0]
         return hybrid_search(self._store, targets, text, vector, k, min_score, mode=mode, sources=sources)
 
     def _encoder_reads(self, text: str) -> bool:

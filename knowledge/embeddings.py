@@ -17,6 +17,8 @@ from typing import Literal, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.settings import Settings
+
 EmbeddingBackend = Literal["auto", "onnx", "torch"]
 log = logging.getLogger(__name__)
 
@@ -158,3 +160,8 @@ class SentenceEncoder:
             rows = order[start : start + self.batch_size]
             vectors[rows] = self._onnx([texts[i] for i in rows])
         return vectors
+
+
+def encoder_for(settings: Settings) -> SentenceEncoder:
+    """The configured sentence encoder (not loaded yet); its ONNX export is cached under the home's models/."""
+    return SentenceEncoder(settings.embedding_model, backend=settings.embedding_backend, cache_dir=settings.models_dir)

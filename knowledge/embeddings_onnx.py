@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend of :class:`knowledge.embeddings.SentenceEncoder`.
+"""The ONNX Parts backend of :class:`knowledge.embeddings.SentenceEncoder`.
 
 One short query through sentence-transformers on torch costs 9-14 ms on two
 CPU cores, most of it per-operator overhead of eager PyTorch on tiny

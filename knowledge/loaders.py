@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from bot.errors import SwitchboardError
+from core.errors import SwitchboardError
+from core.sections import MAX_UNPACKED_BYTES
 
 Structure = Literal["plain", "markdown", "faq"]
 
@@ -37,7 +38,6 @@ _UTF_BOMS = (
 _MAX_CONTROL_RATIO = 0.01
 # What a container file (.docx members, one PDF stream) may unpack to, unless the caller says otherwise:
 # XML parses into trees of about 40 times its size, so 25 MB of it costs about a gigabyte.
-MAX_UNPACKED_BYTES = 25_000_000
 _READ_CHUNK = 1 << 20
 
 

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from bot.errors import ConfigError, InvalidRequestError, LockedError
+from core.errors import ConfigError, InvalidRequestError, LockedError
 
 PREFIX = "kb_"
 STATE_KEY = "lexical_state"

@@ -1,7 +1,7 @@
 """The installed command as a user runs it: ``python -m bot ...`` in a fresh process.
 
 A fresh process is also the fast one for long work: the suite's own process
-holds the thread pools of every runtime its fixtures started, and training
+holds the thread pools of every parts its fixtures started, and training
 beside them is slower (the demo bootstrap in the suite's process: 706 and
 793 s; in its own process, within the suite: 598 s, on 2 cores).
 """

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bot.settings import Settings, load_settings
+
+from core.settings import Settings, load_settings
 
 # --- foundation: settings, base model, engine, adapters ------------------------------------------
 
@@ -13,7 +14,7 @@ from bot.settings import Settings, load_settings
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory) -> Path:
     """The packaged SmolLM2 converted once to safetensors; every test home points at it."""
-    from bot.base_model import resolve_base_model
+    from engine.base_model import resolve_base_model
 
     home = tmp_path_factory.mktemp("base-home")
     return Path(resolve_base_model(load_settings({"home": home}, environ={})))
@@ -36,7 +37,7 @@ def session_settings(make_settings, tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="session")
 def engine(session_settings):
-    from bot.engine import Engine
+    from engine.embedded import Engine
 
     return Engine(session_settings)
 
@@ -66,7 +67,7 @@ def make_random_adapter(base_model_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def encoder(tmp_path_factory):
     """The packaged all-MiniLM-L6-v2 on the product's default backend (ONNX on the CPU), loaded once."""
-    from bot.settings import PACKAGED_EMBEDDING_MODEL
+    from core.settings import PACKAGED_EMBEDDING_MODEL
     from knowledge.embeddings import SentenceEncoder
 
     return SentenceEncoder(PACKAGED_EMBEDDING_MODEL, cache_dir=tmp_path_factory.mktemp("encoder-cache"))
@@ -139,7 +140,7 @@ def style_adapter(make_settings, tmp_path_factory) -> Path:
 # --- end training ----------------------------------------------------------------------------------
 
 
-# --- chat product: one warm runtime and one live server (API, gradio_client and browser tests) ----
+# --- chat product: one warm parts and one live server (API, gradio_client and browser tests) ----
 
 CHAT_ADMIN_TOKEN = "test-admin-token"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
@@ -152,16 +153,16 @@ def demo_manifest(name: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def chat_runtime(make_settings, make_random_adapter, tmp_path_factory):
-    """A warm Runtime on its own home: the demo support and legal adapters (random weights) and some demo documents."""
+def chat_parts(make_settings, make_random_adapter, tmp_path_factory):
+    """A warm Parts on its own home: the demo support and legal adapters (random weights) and some demo documents."""
     from bot.api import warm
-    from bot.runtime import Runtime
+    from bot.parts import Parts
 
     home = tmp_path_factory.mktemp("chat-home")
-    runtime = Runtime(make_settings(home, admin_token=CHAT_ADMIN_TOKEN, generation={"max_new_tokens": 8}))
+    parts = Parts(make_settings(home, admin_token=CHAT_ADMIN_TOKEN, generation={"max_new_tokens": 8}))
     for seed, name in ((31, "support"), (32, "legal")):
         fields = demo_manifest(name)
-        runtime.registry.install(
+        parts.registry.install(
             make_random_adapter(seed),
             name,
             description=fields["description"],
@@ -171,23 +172,24 @@ def chat_runtime(make_settings, make_random_adapter, tmp_path_factory):
             no_answer=fields["no_answer"],
         )
     knowledge = DEMO_DIR / "support" / "knowledge"
-    runtime.knowledge.ingest([knowledge / "warranty.md", knowledge / "returns.txt"], "support")
-    runtime.knowledge.ingest([DEMO_DIR / "legal" / "knowledge" / "model_consumer_goods_act.md"], "legal")
-    warm(runtime)
-    yield runtime
-    runtime.knowledge.close()
+    parts.knowledge.ingest([knowledge / "warranty.md", knowledge / "returns.txt"], "support")
+    parts.knowledge.ingest([DEMO_DIR / "legal" / "knowledge" / "model_consumer_goods_act.md"], "legal")
+    warm(parts)
+    yield parts
+    parts.knowledge.close()
 
 
 @pytest.fixture(scope="session")
-def live_server(chat_runtime):
+def live_server(chat_parts):
     """The real app (API and Gradio UI) under uvicorn in a background thread, on a free loopback port."""
     from types import SimpleNamespace
 
-    from bot.api import create_app
     from live_app import serving
 
-    with serving(create_app(chat_runtime)) as url:
-        yield SimpleNamespace(url=url, runtime=chat_runtime, token=CHAT_ADMIN_TOKEN)
+    from bot.api import create_app
+
+    with serving(create_app(chat_parts)) as url:
+        yield SimpleNamespace(url=url, parts=chat_parts, token=CHAT_ADMIN_TOKEN)
 
 
 # --- end chat product -------------------------------------------------------------------------------

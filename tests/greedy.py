@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from bot.sampling import penalize_repeats
+from engine.sampling import penalize_repeats
 
 # This CPU's 4-bit kernels round activations to bfloat16, so a row's logits move by up to ~0.1 with the
 # shape of its batch (measured: solo vs batched decoding of the same text). Two candidates closer than this

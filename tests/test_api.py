@@ -34,7 +34,7 @@ def admin_headers(live_server) -> dict[str, str]:
 
 
 def logged_turns(live_server) -> int:
-    with sqlite3.connect(live_server.runtime.settings.conversations_db) as db:
+    with sqlite3.connect(live_server.parts.settings.conversations_db) as db:
         return db.execute("SELECT COUNT(*) FROM messages WHERE role = 'assistant'").fetchone()[0]
 
 
@@ -63,7 +63,7 @@ def test_openai_client_auto_routes_grounds_and_logs(client, live_server):
     assert response.choices[0].message.role == "assistant"
     assert response.choices[0].finish_reason in ("stop", "length")
     assert 0 < response.usage.completion_tokens <= 8
-    logged = live_server.runtime.log.history(extra["conversation_id"], 2)
+    logged = live_server.parts.log.history(extra["conversation_id"], 2)
     assert logged[-1]["content"] == response.choices[0].message.content
 
 
@@ -84,7 +84,7 @@ def test_openai_client_streams_a_named_adapter(client, live_server):
     assert final["adapter"] == "legal" and final["confidence"] == 1.0 and final["message_id"]
     check_sources(final["sources"])
     assert chunks[-1].usage.completion_tokens <= 8
-    assert live_server.runtime.log.history(final["conversation_id"], 2)[-1]["content"] == text.strip()
+    assert live_server.parts.log.history(final["conversation_id"], 2)[-1]["content"] == text.strip()
 
 
 def test_an_answer_without_sources_streams_token_by_token(client):
@@ -121,7 +121,7 @@ def test_feedback_is_stored(http, client, live_server):
     message_id = response.model_extra["switchboard"]["message_id"]
     answer = http.post("/v1/feedback", json={"message_id": message_id, "rating": "down", "correction": "Hello there!"})
     assert answer.status_code == 200, answer.text
-    with sqlite3.connect(live_server.runtime.settings.conversations_db) as db:
+    with sqlite3.connect(live_server.parts.settings.conversations_db) as db:
         row = db.execute("SELECT rating, correction FROM feedback WHERE message_id = ?", (message_id,)).fetchone()
     assert row == ("down", "Hello there!")
     assert http.post("/v1/feedback", json={"message_id": "nope", "rating": "up"}).status_code == 404
@@ -144,8 +144,8 @@ def test_twenty_parallel_chats(client, live_server):
 
 
 def test_admin_routes_refuse_a_missing_or_wrong_token(http, live_server, make_random_adapter):
-    runtime = live_server.runtime
-    revision, collections = runtime.registry.revision(), runtime.knowledge.list_collections()
+    parts = live_server.parts
+    revision, collections = parts.registry.revision(), parts.knowledge.list_collections()
     folder = make_random_adapter(41)
     files = [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir()) if p.is_file()]
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": live_server.token}):
@@ -162,8 +162,8 @@ def test_admin_routes_refuse_a_missing_or_wrong_token(http, live_server, make_ra
         for call in calls:
             assert call.status_code == 401, (call.request.url, call.text)
             assert "admin token" in call.json()["error"]["message"]
-    assert runtime.registry.revision() == revision
-    assert runtime.knowledge.list_collections() == collections
+    assert parts.registry.revision() == revision
+    assert parts.knowledge.list_collections() == collections
 
 
 def test_admin_installs_enables_and_removes_an_adapter_live(http, client, live_server, make_random_adapter):
@@ -198,7 +198,7 @@ def test_admin_installs_enables_and_removes_an_adapter_live(http, client, live_s
         {"name": "legal", "version": 1, "status": "enabled"},
         {"name": "support", "version": 1, "status": "enabled"},
     ]
-    assert not any(key.startswith("billing__") for key in live_server.runtime.engine.resident_adapters)
+    assert not any(key.startswith("billing__") for key in live_server.parts.engine.resident_adapters)
 
 
 def test_admin_refuses_pickles_and_escaping_file_names(http, live_server, make_random_adapter):
@@ -206,7 +206,7 @@ def test_admin_refuses_pickles_and_escaping_file_names(http, live_server, make_r
     folder = make_random_adapter(43)
     config = (folder / "adapter_config.json").read_bytes()
     weights = (folder / "adapter_model.safetensors").read_bytes()
-    revision = live_server.runtime.registry.revision()
+    revision = live_server.parts.registry.revision()
 
     pickled = [("files", ("adapter_config.json", config)), ("files", ("adapter_model.bin", weights))]
     refused = http.post("/admin/adapters", data={"name": "pickled"}, files=pickled, headers=auth)
@@ -223,8 +223,8 @@ def test_admin_refuses_pickles_and_escaping_file_names(http, live_server, make_r
     refused = http.post("/admin/adapters", data={"name": "zipslip"}, files=[("files", ("a.zip", bundle.getvalue()))],
                         headers=auth)
     assert refused.status_code == 400
-    assert live_server.runtime.registry.revision() == revision
-    assert live_server.runtime.registry.names() == ["legal", "support"]
+    assert live_server.parts.registry.revision() == revision
+    assert live_server.parts.registry.names() == ["legal", "support"]
 
 
 def test_admin_uploads_searches_and_removes_a_document(http, client, live_server):
@@ -251,7 +251,7 @@ def test_admin_uploads_searches_and_removes_a_document(http, client, live_server
     assert replaced["documents"] == 1 and not replaced["skipped"]
     removed = http.delete(f"/admin/knowledge/support/{quote(name)}", headers=auth)
     assert removed.status_code == 200 and removed.json()["chunks"] >= 1
-    assert name not in [d["source"] for d in live_server.runtime.knowledge.list_documents("support")]
+    assert name not in [d["source"] for d in live_server.parts.knowledge.list_documents("support")]
     assert http.delete(f"/admin/knowledge/support/{quote(name)}", headers=auth).status_code == 404
 
 
@@ -280,7 +280,7 @@ def test_bad_chat_requests_get_a_clear_4xx(http, body, status, words):
 def test_malformed_and_oversized_bodies_are_refused_and_the_server_keeps_serving(http, live_server):
     malformed = http.post("/v1/chat/completions", content=b'{"model": "auto", "messages": [', headers={"content-type": "application/json"})
     assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]["message"]
-    cap = live_server.runtime.settings.server.max_body_bytes
+    cap = live_server.parts.settings.server.max_body_bytes
     huge = json.dumps({"model": "base", "messages": [{"role": "user", "content": "x" * (cap + 10)}]})
     oversized = http.post("/v1/chat/completions", content=huge, headers={"content-type": "application/json"})
     assert oversized.status_code == 413 and str(cap) in oversized.json()["error"]["message"]
@@ -310,4 +310,4 @@ def test_admin_training_runs_start_in_the_background_and_report_their_state(http
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
     assert status["state"] == "failed" and "missing.jsonl" in status["error"]
-    assert "newcomer" not in live_server.runtime.registry.names()
+    assert "newcomer" not in live_server.parts.registry.names()

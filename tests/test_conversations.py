@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot.conversations import MIGRATIONS, ConversationLog
-from bot.errors import InvalidRequestError, NotFoundError
+from conversations.log import MIGRATIONS, ConversationLog
+from core.errors import InvalidRequestError, NotFoundError
 
 SOURCES = [{"id": "kb:doc.md:0", "source": "doc.md", "section": "Returns", "text": "30 days.", "score": 0.8}]
 

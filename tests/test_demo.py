@@ -16,8 +16,8 @@ import subprocess
 import pytest
 from cli import switchboard
 
+from bot.parts import Parts
 from bot.pipeline import TurnRequest
-from bot.runtime import Runtime
 
 # The first test carries the module's bootstrap: two demo adapters trained and evaluated, about 10 minutes on
 # 2 cores, too close to the suite-wide 900 s limit for a slower machine.
@@ -37,29 +37,29 @@ def bootstrapped(make_settings, tmp_path_factory):
         trained = report["trained"][name]
         assert trained["installed"] == {"name": name, "version": 1}, trained["gate"]
         print(f"bootstrap trained {name} in {trained['seconds']:.0f} s")
-    runtime = Runtime(settings)
-    yield runtime, report
-    runtime.scheduler.stop()
-    runtime.knowledge.close()
+    parts = Parts(settings)
+    yield parts, report
+    parts.scheduler.stop()
+    parts.knowledge.close()
 
 
 @pytest.fixture(scope="module")
-def demo(bootstrapped) -> Runtime:
+def demo(bootstrapped) -> Parts:
     return bootstrapped[0]
 
 
-def ask(runtime: Runtime, message: str, adapter: str = "auto"):
-    return runtime.pipeline.answer(TurnRequest(message, adapter))
+def ask(parts: Parts, message: str, adapter: str = "auto"):
+    return parts.pipeline.answer(TurnRequest(message, adapter))
 
 
 @pytest.fixture(scope="module")
 def warranty_run(demo) -> subprocess.CompletedProcess:
     """The README's first example, through the installed command as a user types it."""
-    runtime = demo
-    runtime.scheduler.stop()  # the CLI loads its own model; leave it the cores
-    done = switchboard(runtime.settings.home, "chat", "How long is the warranty?", "--json",
-                       base_model=runtime.settings.base_model, timeout=600)
-    runtime.scheduler.start()
+    parts = demo
+    parts.scheduler.stop()  # the CLI loads its own model; leave it the cores
+    done = switchboard(parts.settings.home, "chat", "How long is the warranty?", "--json",
+                       base_model=parts.settings.base_model, timeout=600)
+    parts.scheduler.start()
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 
@@ -115,9 +115,9 @@ def test_a_chinese_customer_question_routes_to_support_and_finds_the_chinese_gui
 
 def test_the_demo_adapters_carry_their_format_where_the_base_does_not(bootstrapped):
     """The gate's own measurement, on each demo's golden prompts (held out of training), base against adapter."""
-    runtime, report = bootstrapped
+    parts, report = bootstrapped
     for name in ("support", "legal"):
-        run = json.loads((runtime.settings.runs_dir / report["trained"][name]["run_id"] / "report.json").read_text())
+        run = json.loads((parts.settings.runs_dir / report["trained"][name]["run_id"] / "report.json").read_text())
         golden = run["evaluation"]["golden"]
         base_rate, adapter_rate = golden["base"]["format"], golden["candidate"]["format"]
         print(f"{name}: format rate on {golden['base']['cases']} held-out golden prompts: "

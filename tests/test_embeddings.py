@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from bot.settings import PACKAGED_EMBEDDING_MODEL
+from core.settings import PACKAGED_EMBEDDING_MODEL
 from knowledge.embeddings import SentenceEncoder
 
 TEXTS = [

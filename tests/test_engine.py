@@ -6,11 +6,11 @@ import threading
 
 import pytest
 import torch
-
-from bot.decoding import GenerationRequest
-from bot.errors import InvalidRequestError
-from bot.sampling import GenerationOptions, RowSampler, choose_tokens, penalize_repeats
 from greedy import assert_greedy
+
+from core.errors import InvalidRequestError
+from engine.decoding import GenerationRequest
+from engine.sampling import GenerationOptions, RowSampler, choose_tokens, penalize_repeats
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -49,7 +49,7 @@ def test_base_is_4bit_and_footprint_reported(engine):
 
 
 def test_the_cpu_output_layer_runs_through_onednn_on_the_tied_weight(engine):
-    from bot.output_layer import OneDNNLinear, onednn_usable
+    from engine.output_layer import OneDNNLinear, onednn_usable
 
     if not onednn_usable():
         pytest.skip("this torch build has no oneDNN")

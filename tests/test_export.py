@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from bot.errors import InvalidAdapterError, InvalidRequestError, NotFoundError
+from core.errors import InvalidAdapterError, InvalidRequestError, NotFoundError
 from tests.cli import ROOT, cli_env, command, switchboard
 
 GOLDEN = [
@@ -34,16 +34,16 @@ RUN_ID = "run-export-test"
 
 
 @pytest.fixture(scope="module")
-def runtime(make_settings, make_random_adapter, tmp_path_factory):
+def parts(make_settings, make_random_adapter, tmp_path_factory):
     """A home whose registry holds 'style' v1: a LoRA on q/k/v/o with metrics and a training run report."""
-    from bot.runtime import Runtime
+    from bot.parts import Parts
 
     home = tmp_path_factory.mktemp("export-home")
-    runtime = Runtime(make_settings(home))
+    parts = Parts(make_settings(home))
     report = {"dataset": {"counts": {"train": 20, "held_out": 4, "replay": 2}, "content_hash": "abc123"}}
-    (runtime.settings.runs_dir / RUN_ID).mkdir(parents=True)
-    (runtime.settings.runs_dir / RUN_ID / "report.json").write_text(json.dumps(report), encoding="utf-8")
-    runtime.registry.install(
+    (parts.settings.runs_dir / RUN_ID).mkdir(parents=True)
+    (parts.settings.runs_dir / RUN_ID / "report.json").write_text(json.dumps(report), encoding="utf-8")
+    parts.registry.install(
         make_random_adapter(seed=41, targets=TARGETS),
         "style",
         description="Answers in the house style.",
@@ -52,15 +52,15 @@ def runtime(make_settings, make_random_adapter, tmp_path_factory):
         metrics={"held_out_loss": 1.234, "golden_pass_rate": 0.75},
         provenance={"source": "training", "run_id": RUN_ID},
     )
-    return runtime
+    return parts
 
 
-def export(runtime, fmt: str, out: Path, **fields) -> dict:
+def export(parts, fmt: str, out: Path, **fields) -> dict:
     from training.artifacts.builder import export_adapter
     from training.artifacts.config import export_config
 
     version = fields.pop("version", None)
-    return export_adapter(runtime.settings, runtime.registry, "style", export_config(format=fmt, out=out, **fields), version)
+    return export_adapter(parts.settings, parts.registry, "style", export_config(format=fmt, out=out, **fields), version)
 
 
 def golden_batch(tokenizer) -> dict[str, torch.Tensor]:
@@ -85,16 +85,16 @@ def last_logits(model, tokenizer) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def reference(runtime):
+def reference(parts):
     """The adapter as PEFT applies it to the full-precision base (not merged), and that base's own answers."""
     from peft import PeftModel
 
     from training.artifacts.merged import load_full_base
 
-    base, tokenizer = load_full_base(runtime.settings)
+    base, tokenizer = load_full_base(parts.settings)
     base_answers = answers(base, tokenizer)
     base_weights = {k: v.clone() for k, v in base.state_dict().items() if "self_attn" in k}
-    model = PeftModel.from_pretrained(base, runtime.registry.adapter_dir("style"))
+    model = PeftModel.from_pretrained(base, parts.registry.adapter_dir("style"))
     model.eval()
     return {
         "tokenizer": tokenizer,
@@ -106,16 +106,16 @@ def reference(runtime):
 
 
 @pytest.fixture(scope="module")
-def merged(runtime, tmp_path_factory):
+def merged(parts, tmp_path_factory):
     """One float32 merged export, loaded with plain transformers, shared by the tests below."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path_factory.mktemp("exports") / "merged"
-    result = export(runtime, "merged", out, dtype="float32")
+    result = export(parts, "merged", out, dtype="float32")
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    return {"result": result, "out": out, "model": model, "tokenizer": tokenizer, "base_model": runtime.settings.base_model}
+    return {"result": result, "out": out, "model": model, "tokenizer": tokenizer, "base_model": parts.settings.base_model}
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,8 @@ def merged_answers(merged):
 
 
 @pytest.fixture(scope="module")
-def gguf_export(runtime, tmp_path_factory) -> dict:
-    return export(runtime, "gguf", tmp_path_factory.mktemp("exports") / "gguf")
+def gguf_export(parts, tmp_path_factory) -> dict:
+    return export(parts, "gguf", tmp_path_factory.mktemp("exports") / "gguf")
 
 
 def test_merged_model_answers_as_the_adapter_does_without_peft(merged, merged_answers, reference):
@@ -186,7 +186,7 @@ def test_gguf_vocabulary_and_metadata_match_the_tokenizer(gguf_export, reference
     assert "output.weight" not in {t.name for t in reader.tensors}  # tied head: llama.cpp reuses token_embd
 
 
-def test_gguf_lora_adapter_is_llama_cpp_shaped_and_holds_the_merged_update(gguf_export, merged, reference, runtime):
+def test_gguf_lora_adapter_is_llama_cpp_shaped_and_holds_the_merged_update(gguf_export, merged, reference, parts):
     """Read with the gguf reader and un-permuted with transformers' own GGUF code: B @ A * alpha / r is the update."""
     from gguf import GGUFReader
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
@@ -195,7 +195,7 @@ def test_gguf_lora_adapter_is_llama_cpp_shaped_and_holds_the_merged_update(gguf_
     fields = reader.fields
     assert fields["general.type"].contents() == "adapter"
     assert fields["adapter.type"].contents() == "lora"
-    manifest = runtime.registry.get("style")
+    manifest = parts.registry.get("style")
     alpha = fields["adapter.lora.alpha"].contents()
     assert alpha == pytest.approx(manifest.alpha)
     tensors = {t.name: np.array(t.data) for t in reader.tensors}
@@ -215,11 +215,11 @@ def test_gguf_lora_adapter_is_llama_cpp_shaped_and_holds_the_merged_update(gguf_
             np.testing.assert_allclose(update, expected, atol=1e-5)
 
 
-def test_ollama_export_writes_a_q8_0_gguf_and_a_modelfile_in_go_template_form(runtime, tmp_path, merged, reference):
+def test_ollama_export_writes_a_q8_0_gguf_and_a_modelfile_in_go_template_form(parts, tmp_path, merged, reference):
     from gguf import GGMLQuantizationType, GGUFReader, dequantize
 
     out = tmp_path / "ollama"
-    result = export(runtime, "ollama", out, dtype="q8_0")
+    result = export(parts, "ollama", out, dtype="q8_0")
     assert sorted(f["path"] for f in result["files"]) == ["Modelfile", "README.md", "style-v1-q8_0.gguf"]
     text = (out / "Modelfile").read_text(encoding="utf-8")
     assert text.startswith("FROM ./style-v1-q8_0.gguf\n")
@@ -250,36 +250,36 @@ def render_go_chatml(template: str, messages: list[dict]) -> str:
     return head + "".join(rows) + tail
 
 
-def test_peft_export_installs_again_and_prints_the_vllm_line(runtime, tmp_path):
+def test_peft_export_installs_again_and_prints_the_vllm_line(parts, tmp_path):
     from adapters.registry import Registry
 
     out = tmp_path / "peft"
-    result = export(runtime, "peft", out)
-    source = runtime.registry.adapter_dir("style")
+    result = export(parts, "peft", out)
+    source = parts.registry.adapter_dir("style")
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         assert (out / name).read_bytes() == (source / name).read_bytes()
     assert result["usage"] == [
-        f"vllm serve {runtime.settings.base_model} --enable-lora --lora-modules style={out} --max-lora-rank 8"
+        f"vllm serve {parts.settings.base_model} --enable-lora --lora-modules style={out} --max-lora-rank 8"
     ]
-    again = Registry(tmp_path / "again", runtime.registry.fingerprint).install(out, "style-copy")
+    again = Registry(tmp_path / "again", parts.registry.fingerprint).install(out, "style-copy")
     assert again.rank == 8
 
 
-def test_cli_export_prints_one_json_document(runtime, tmp_path):
+def test_cli_export_prints_one_json_document(parts, tmp_path):
     out = tmp_path / "cli-peft"
-    done = switchboard(runtime.settings.home, "export", "style@1", "--format", "peft", "--out", str(out), "--json",
-                       base_model=runtime.settings.base_model)
+    done = switchboard(parts.settings.home, "export", "style@1", "--format", "peft", "--out", str(out), "--json",
+                       base_model=parts.settings.base_model)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["adapter"] == "style" and result["version"] == 1 and result["out"] == str(out)
     assert {f["path"] for f in result["files"]} == {"adapter_config.json", "adapter_model.safetensors", "manifest.json", "README.md"}
 
 
-def test_cli_refuses_a_bad_request_with_one_line(runtime, tmp_path):
+def test_cli_refuses_a_bad_request_with_one_line(parts, tmp_path):
     """One process: every other refusal below goes through the same edge (library error, one line, exit 1)."""
     out = tmp_path / "out"
-    done = switchboard(runtime.settings.home, "export", "style@x", "--format", "peft", "--out", str(out),
-                       base_model=runtime.settings.base_model)
+    done = switchboard(parts.settings.home, "export", "style@x", "--format", "peft", "--out", str(out),
+                       base_model=parts.settings.base_model)
     assert done.returncode == 1 and "NAME@VERSION" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not out.exists()
@@ -294,34 +294,34 @@ def test_cli_refuses_a_bad_request_with_one_line(runtime, tmp_path):
         ({"format": "peft", "dtype": "f16"}, InvalidRequestError, "does not apply to format peft"),
     ],
 )
-def test_refuses_unknown_versions_formats_and_precisions(runtime, tmp_path, fields, error, message):
+def test_refuses_unknown_versions_formats_and_precisions(parts, tmp_path, fields, error, message):
     with pytest.raises(error, match=message):
-        export(runtime, fields.pop("format"), tmp_path / "out", **fields)
+        export(parts, fields.pop("format"), tmp_path / "out", **fields)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refuses_an_existing_folder_unless_forced(runtime, tmp_path):
+def test_refuses_an_existing_folder_unless_forced(parts, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(InvalidRequestError, match="exists"):
-        export(runtime, "peft", out)
+        export(parts, "peft", out)
     assert (out / "keep.txt").read_text() == "mine"
-    export(runtime, "peft", out, force=True)
+    export(parts, "peft", out, force=True)
     assert not (out / "keep.txt").exists() and (out / "adapter_model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
 
 
-def test_refuses_when_the_disk_would_fill(runtime, tmp_path):
+def test_refuses_when_the_disk_would_fill(parts, tmp_path):
     import shutil
 
     free = shutil.disk_usage(tmp_path).free
     with pytest.raises(InvalidRequestError, match="not enough disk space"):
-        export(runtime, "merged", tmp_path / "big", keep_free_bytes=free)
+        export(parts, "merged", tmp_path / "big", keep_free_bytes=free)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refuses_an_adapter_whose_base_does_not_match(runtime, make_random_adapter, tmp_path, base_model_dir):
+def test_refuses_an_adapter_whose_base_does_not_match(parts, make_random_adapter, tmp_path, base_model_dir):
     """An adapter for other shapes (installed without a base check) and one recorded for another base."""
     from transformers import AutoConfig
 
@@ -329,24 +329,24 @@ def test_refuses_an_adapter_whose_base_does_not_match(runtime, make_random_adapt
 
     wide = AutoConfig.from_pretrained(base_model_dir)
     wide.hidden_size = 640  # q_proj then reads 640 features where the base has 576
-    unchecked = Registry(runtime.registry.root)  # no fingerprint: accepts any shapes
+    unchecked = Registry(parts.registry.root)  # no fingerprint: accepts any shapes
     unchecked.install(make_random_adapter(seed=43, model_config=wide), "wide")
     with pytest.raises(InvalidAdapterError, match="does not fit"):
-        export_named(runtime, "wide", tmp_path / "wide")
-    runtime.registry.install(make_random_adapter(seed=44), "moved")
-    runtime.registry.update("moved", fingerprint={**runtime.registry.get("moved").fingerprint, "num_layers": 12})
+        export_named(parts, "wide", tmp_path / "wide")
+    parts.registry.install(make_random_adapter(seed=44), "moved")
+    parts.registry.update("moved", fingerprint={**parts.registry.get("moved").fingerprint, "num_layers": 12})
     with pytest.raises(InvalidAdapterError, match="num_layers=12"):
-        export_named(runtime, "moved", tmp_path / "moved")
+        export_named(parts, "moved", tmp_path / "moved")
     with pytest.raises(NotFoundError):
-        export_named(runtime, "absent", tmp_path / "absent")
+        export_named(parts, "absent", tmp_path / "absent")
     assert list(tmp_path.iterdir()) == []
 
 
-def export_named(runtime, name: str, out: Path) -> dict:
+def export_named(parts, name: str, out: Path) -> dict:
     from training.artifacts.builder import export_adapter
     from training.artifacts.config import export_config
 
-    return export_adapter(runtime.settings, runtime.registry, name, export_config(format="peft", out=out))
+    return export_adapter(parts.settings, parts.registry, name, export_config(format="peft", out=out))
 
 
 def test_an_unsupported_architecture_is_named_in_one_error():
@@ -358,12 +358,12 @@ def test_an_unsupported_architecture_is_named_in_one_error():
         gguf_arch(GPT2Config(architectures=["GPT2LMHeadModel"]))
 
 
-def test_a_killed_export_leaves_nothing_behind(runtime, tmp_path):
+def test_a_killed_export_leaves_nothing_behind(parts, tmp_path):
     """kill -9 while the merged weights are being written: no target, and the next export sweeps the partial folder."""
     out = tmp_path / "killed"
     process = subprocess.Popen(
         command("export", "style", "--format", "merged", "--dtype", "float32", "--out", str(out)),
-        cwd=ROOT, env=cli_env(runtime.settings.home, runtime.settings.base_model),
+        cwd=ROOT, env=cli_env(parts.settings.home, parts.settings.base_model),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
@@ -377,7 +377,7 @@ def test_a_killed_export_leaves_nothing_behind(runtime, tmp_path):
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
     assert not out.exists()
-    export(runtime, "peft", out)
+    export(parts, "peft", out)
     assert [p.name for p in tmp_path.iterdir()] == ["killed"]
 
 
@@ -394,7 +394,7 @@ def test_admin_api_exports_and_serves_a_zip_with_the_token_only(live_server, tmp
         done = http.post("/admin/adapters/support/export", json={"format": "peft"}, headers=headers)
         assert done.status_code == 201, done.text
         result = done.json()
-        assert "out" not in result and str(live_server.runtime.settings.home) not in done.text
+        assert "out" not in result and str(live_server.parts.settings.home) not in done.text
         assert result["download"] == f"/admin/exports/{result['id']}.zip"
         assert http.get(result["download"]).status_code == 401
         download = http.get(result["download"], headers=headers)

@@ -13,7 +13,8 @@ import sqlite3
 import pytest
 
 from bot.pipeline import TurnRequest
-from knowledge.grounding import GroundingConfig, audit_answer, ground_answer
+from core.sections import GroundingConfig
+from knowledge.grounding import audit_answer, ground_answer
 from knowledge.grounding.facts import extract_facts, source_facts
 from knowledge.grounding.script import chinese_script
 from knowledge.passage import Passage
@@ -139,9 +140,9 @@ def test_checks_off_show_the_answer_as_generated():
     ["What is the warranty on your backpacks?", "How many days do I have to return an item?",
      "What does Article 6 say about the guarantee?", "Can I return a tent after thirty days?"],
 )
-def test_real_answers_are_checked_before_anyone_sees_them(chat_runtime, question):
+def test_real_answers_are_checked_before_anyone_sees_them(chat_parts, question):
     """Random-weight adapters write gibberish; what reaches the user is still cited and grounded."""
-    pipeline = chat_runtime.pipeline
+    pipeline = chat_parts.pipeline
     stream = pipeline.stream(pipeline.prepare(TurnRequest(question)))
     pieces = list(stream)
     result = stream.result
@@ -151,7 +152,7 @@ def test_real_answers_are_checked_before_anyone_sees_them(chat_runtime, question
     if result.answer != demo_manifest(result.adapter)["no_answer"].strip():
         audit = audit_answer(result.answer, passages, question)
         assert audit.cites and audit.citations_valid and audit.facts_grounded, (result.answer, audit)
-    with sqlite3.connect(chat_runtime.settings.conversations_db) as db:
+    with sqlite3.connect(chat_parts.settings.conversations_db) as db:
         route, checks, content = db.execute(
             "SELECT route, checks, content FROM messages WHERE id = ?", (result.message_id,)
         ).fetchone()
@@ -161,11 +162,11 @@ def test_real_answers_are_checked_before_anyone_sees_them(chat_runtime, question
     assert route["adapter"] == result.adapter and set(route["retrieval"]) == {"support", "legal"}
 
 
-def test_a_turn_that_failed_its_checks_is_no_positive_training_example(chat_runtime):
+def test_a_turn_that_failed_its_checks_is_no_positive_training_example(chat_parts):
     """A thumbs-up on a replaced answer does not make it training data; an operator's correction does."""
     from training.dataset import LogFilters, build_dataset
 
-    log = chat_runtime.log
+    log = chat_parts.log
     ids = []
     for action in ("replaced", "passed", "replaced"):
         turn = log.log_turn(None, f"Question with a {action} answer about gadget {len(ids)}?", f"An answer that {action} "
@@ -195,23 +196,23 @@ RECALL_DOCUMENT = (
 @pytest.fixture(scope="module")
 def shop(make_settings, make_random_adapter, tmp_path_factory):
     """Its own home: a support adapter whose routing examples know nothing of recalls, and a legal one."""
-    from bot.runtime import Runtime
+    from bot.parts import Parts
 
     home = tmp_path_factory.mktemp("grounding-home")
-    runtime = Runtime(make_settings(home, generation={"max_new_tokens": 8}))
+    parts = Parts(make_settings(home, generation={"max_new_tokens": 8}))
     for seed, name, examples in (
         (51, "support", ["Where is my order?", "How long does shipping take?", "Can I change my delivery address?"]),
         (52, "legal", demo_manifest("legal")["examples"]),
     ):
         fields = demo_manifest(name)
-        runtime.registry.install(
+        parts.registry.install(
             make_random_adapter(seed), name, examples=examples, collections=fields["collections"],
             system_prompt=fields["system_prompt"], no_answer=fields["no_answer"],
         )
-    runtime.knowledge.ingest([DEMO_DIR / "support" / "knowledge" / "shipping.html"], "support")
-    runtime.knowledge.ingest([DEMO_DIR / "legal" / "knowledge" / "model_consumer_goods_act.md"], "legal")
-    yield runtime
-    runtime.knowledge.close()
+    parts.knowledge.ingest([DEMO_DIR / "support" / "knowledge" / "shipping.html"], "support")
+    parts.knowledge.ingest([DEMO_DIR / "legal" / "knowledge" / "model_consumer_goods_act.md"], "legal")
+    yield parts
+    parts.knowledge.close()
 
 
 def test_knowledge_added_to_a_collection_changes_routing_without_retraining(shop, tmp_path):

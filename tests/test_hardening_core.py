@@ -19,14 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from greedy import assert_greedy
 from safetensors.torch import load_file, save
 
 from adapters.registry import Registry
-from bot.decoding import GenerationRequest
-from bot.errors import BusyError, GenerationError
-from bot.scheduler import Scheduler
-from bot.settings import SchedulerConfig
-from greedy import assert_greedy
+from core.errors import BusyError, GenerationError
+from core.settings import SchedulerConfig
+from engine.decoding import GenerationRequest
+from engine.scheduler import Scheduler
 
 LAYER0 = "base_model.model.model.layers.0.self_attn"
 
@@ -158,13 +158,13 @@ def served(http, **extra) -> httpx.Response:
 
 
 def assert_no_server_paths(message: str, live_server) -> None:
-    for path in (str(live_server.runtime.settings.home), "/tmp/", "/work/", "/home/"):
+    for path in (str(live_server.parts.settings.home), "/tmp/", "/work/", "/home/"):
         assert path not in message, message
 
 
 @pytest.mark.parametrize("case", list(BAD_ADAPTERS))
 def test_a_bad_adapter_is_refused_over_http_naming_file_and_tensor(case, http, live_server, good_lora):
-    registry = live_server.runtime.registry
+    registry = live_server.parts.registry
     names, revision = registry.names(), registry.revision()
     config, weights = _damaged(good_lora, case)
     files = [("files", ("adapter_config.json", config)), ("files", ("adapter_model.safetensors", weights))]
@@ -205,7 +205,7 @@ def test_installed_adapters_damaged_on_disk_are_disabled_at_start_and_never_brea
 ):
     """What start-up runs (``Registry.check_installed`` in ``bot.api.warm``): every damaged adapter is disabled
     with its reason and the good one stays; loading a damaged one anyway is that adapter's own clean error."""
-    from bot.errors import InvalidAdapterError
+    from core.errors import InvalidAdapterError
 
     fingerprint = engine.fingerprint
     registry = Registry(tmp_path / "adapters", fingerprint)
@@ -327,20 +327,20 @@ def test_a_stopped_scheduler_fails_health_and_refuses_every_request_at_once(live
     from starlette.testclient import TestClient
 
     from bot.api import create_app
-    from bot.runtime import Runtime
+    from bot.parts import Parts
 
-    source = live_server.runtime
-    runtime = Runtime(source.settings)
+    source = live_server.parts
+    parts = Parts(source.settings)
     for part in ("engine", "registry", "encoder", "knowledge", "log", "router", "fingerprint"):
         if part in source.__dict__:
-            runtime.__dict__[part] = source.__dict__[part]
+            parts.__dict__[part] = source.__dict__[part]
     stopped = Scheduler(engine, SchedulerConfig()).start()
     stopped.stop()
-    runtime.__dict__["scheduler"] = stopped
+    parts.__dict__["scheduler"] = stopped
     assert not stopped.alive
     with pytest.raises(BusyError):
         stopped.submit(GenerationRequest([{"role": "user", "content": "hi"}], None, engine.default_options()))
-    with TestClient(create_app(runtime, ui=False)) as client:
+    with TestClient(create_app(parts, ui=False)) as client:
         assert client.get("/health").status_code == 503
         refused = client.post("/v1/chat/completions", json={"model": "base", "messages": [{"role": "user", "content": "hi"}]})
         assert refused.status_code == 503 and refused.headers["retry-after"]
@@ -352,7 +352,7 @@ LONG = {"model": "base", "max_tokens": 512, "ignore_eos": True}
 
 
 def logged_answers(live_server) -> int:
-    with sqlite3.connect(live_server.runtime.settings.conversations_db) as db:
+    with sqlite3.connect(live_server.parts.settings.conversations_db) as db:
         return db.execute("SELECT COUNT(*) FROM messages WHERE role = 'assistant'").fetchone()[0]
 
 
@@ -366,7 +366,7 @@ def wait_for(condition, seconds: float) -> bool:
 
 
 def test_dropped_streams_and_requests_free_their_rows_and_the_next_request_is_served(live_server, http):
-    scheduler = live_server.runtime.scheduler
+    scheduler = live_server.parts.scheduler
     before = logged_answers(live_server)
     opened = threading.Barrier(5)
 
@@ -415,10 +415,10 @@ def test_a_huge_history_is_trimmed_keeping_the_most_that_fits(live_server):
     """3,200 messages took 370 s when each dropped pair re-rendered the prompt; bench/trimming.py measures the
     linear trim (0.41 s), this test what it keeps."""
     from bot.pipeline import TurnRequest
-    from bot.prompt import build_messages
+    from knowledge.prompt import build_messages
 
-    runtime = live_server.runtime
-    engine, pipeline = runtime.engine, runtime.pipeline
+    parts = live_server.parts
+    engine, pipeline = parts.engine, parts.pipeline
     history = []
     for n in range(1600):  # 3,200 messages, about 290 KB: minutes when each dropped pair re-rendered the prompt
         history += [{"role": "user", "content": f"Question {n}: what about item {n * 7}?" + " filler" * 5},
@@ -475,7 +475,7 @@ def test_a_loop_failure_fails_what_is_in_flight_and_the_worker_goes_on(engine, s
 
 def test_a_draw_over_non_finite_scores_fails_its_row_alone():
     """Scores a broken pass left NaN fail the sampling row that draws from them; the other rows keep their token."""
-    from bot.sampling import GenerationOptions, RowSampler, choose_tokens
+    from engine.sampling import GenerationOptions, RowSampler, choose_tokens
 
     cpu = torch.device("cpu")
     logits = torch.randn(3, 50)

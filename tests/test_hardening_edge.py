@@ -1,7 +1,7 @@
 """The HTTP edge tried as an attacker and a careless client would, on live servers with and without a token.
 
-Two servers on loopback share one runtime on its own home (the suite's
-loaded models, borrowed from ``chat_runtime``): one with an admin token, one
+Two servers on loopback share one parts on its own home (the suite's
+loaded models, borrowed from ``chat_parts``): one with an admin token, one
 without. The case tables at module level (``BAD_BODIES``, ``CROSS_SITE_CASES``,
 ``METHOD_CASES``) are what ``bench/reliability.py`` counts. Each case says what
 must come back; a 5xx, a hang or lost state fails it with that word first, so
@@ -18,9 +18,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
-
+from hypothesis.errors import Unsatisfiable
 from live_app import serving
 
 EDGE_TOKEN = "edge-admin-token"
@@ -118,28 +117,28 @@ def ids(table: list[tuple]) -> list[str]:
     return [case[0] for case in table]
 
 
-# ---- two live servers over one runtime ----------------------------------------------------------------
+# ---- two live servers over one parts ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def edge(chat_runtime, make_settings, make_random_adapter, tmp_path_factory):
-    """Servers with and without a token over one runtime that borrows the suite's loaded models."""
+def edge(chat_parts, make_settings, make_random_adapter, tmp_path_factory):
+    """Servers with and without a token over one parts that borrows the suite's loaded models."""
     from bot.api import create_app
-    from bot.runtime import Runtime
+    from bot.parts import Parts
 
     home = tmp_path_factory.mktemp("edge-home")
     settings = make_settings(home, admin_token=EDGE_TOKEN, generation={"max_new_tokens": 2})
-    guarded = Runtime(settings)
+    guarded = Parts(settings)
     for part in ("fingerprint", "engine", "scheduler", "encoder"):
-        guarded.__dict__[part] = getattr(chat_runtime, part)
+        guarded.__dict__[part] = getattr(chat_parts, part)
     guarded.registry.install(make_random_adapter(61), "edgy", description="Hardening target", examples=["edge case"])
     guarded.knowledge.ingest([_text_file(tmp_path_factory.mktemp("edge-docs"), "edge.txt")], "edge")
     for part in ("registry", "knowledge", "router", "log", "pipeline", "training_runs"):
         getattr(guarded, part)
-    open_runtime = Runtime(settings.model_copy(update={"admin_token": None}))
-    open_runtime.__dict__.update({k: v for k, v in guarded.__dict__.items() if k != "settings"})
-    with serving(create_app(guarded)) as guarded_url, serving(create_app(open_runtime)) as open_url:
-        yield SimpleNamespace(guarded=guarded_url, open=open_url, runtime=guarded)
+    open_parts = Parts(settings.model_copy(update={"admin_token": None}))
+    open_parts.__dict__.update({k: v for k, v in guarded.__dict__.items() if k != "settings"})
+    with serving(create_app(guarded)) as guarded_url, serving(create_app(open_parts)) as open_url:
+        yield SimpleNamespace(guarded=guarded_url, open=open_url, parts=guarded)
 
 
 def _text_file(folder, name: str):
@@ -148,12 +147,12 @@ def _text_file(folder, name: str):
     return path
 
 
-def state(runtime) -> tuple:
+def state(parts) -> tuple:
     """What a refused request must leave as it was: adapters, documents, feedback."""
     return (
-        runtime.registry.revision(),
-        [(c["name"], c.get("documents"), c.get("chunks")) for c in runtime.knowledge.list_collections()],
-        len(runtime.log.untrusted_feedback()),
+        parts.registry.revision(),
+        [(c["name"], c.get("documents"), c.get("chunks")) for c in parts.knowledge.list_collections()],
+        len(parts.log.untrusted_feedback()),
     )
 
 
@@ -179,10 +178,10 @@ def send(url: str, method: str, path: str, **kwargs) -> httpx.Response:
 
 @pytest.mark.parametrize(("case", "path", "body", "content_type", "status"), BAD_BODIES, ids=ids(BAD_BODIES))
 def test_bad_bodies_get_one_clear_4xx(edge, case, path, body, content_type, status):
-    before = state(edge.runtime)
+    before = state(edge.parts)
     answer = send(edge.open, "POST", path, content=body, headers={"Content-Type": content_type})
     check_refusal(answer, status)
-    assert state(edge.runtime) == before, "lost: a refused body changed the server's state"
+    assert state(edge.parts) == before, "lost: a refused body changed the server's state"
     assert send(edge.open, "GET", "/health").json()["status"] == "ok", "hung: the server stopped answering"
 
 
@@ -192,12 +191,12 @@ def test_cross_site_requests_are_refused_without_a_token(edge, case, method, pat
     headers = {k: v.replace(SELF, edge.open) if k != "Host" else v for k, v in headers.items()}
     if headers.get("Host") == "evil.example":
         headers["Host"] = f"evil.example:{origin.rsplit(':', 1)[1]}"
-    before = state(edge.runtime)
+    before = state(edge.parts)
     files = [("files", ("stolen.txt", b"stolen words"))] if path.startswith("/admin/knowledge/") and method == "POST" else None
     answer = send(edge.open, method, path, headers=headers, files=files)
     check_refusal(answer, status)
     if status == 403:
-        assert state(edge.runtime) == before, "lost: a refused cross-site request changed the server's state"
+        assert state(edge.parts) == before, "lost: a refused cross-site request changed the server's state"
 
 
 @pytest.mark.parametrize(("case", "method", "path", "status"), METHOD_CASES, ids=ids(METHOD_CASES))
@@ -239,11 +238,11 @@ def test_gradio_uploads_need_the_token_when_one_is_set(edge):
 
 
 def test_feedback_needs_the_answers_token_to_reach_training(edge, tmp_path):
-    from training.export import export_turns
-
     from cli import switchboard
 
-    log = edge.runtime.log
+    from training.export import export_turns
+
+    log = edge.parts.log
     answer = send(edge.open, "POST", CHAT, json={"model": "base", "messages": HELLO, "max_tokens": 2}).json()
     meta = answer["switchboard"]
     message_id, token = meta["message_id"], meta["feedback_token"]
@@ -268,9 +267,9 @@ def test_feedback_needs_the_answers_token_to_reach_training(edge, tmp_path):
 
     listed = send(edge.guarded, "GET", "/admin/feedback", headers={"Authorization": f"Bearer {EDGE_TOKEN}"}).json()
     assert [(f["message_id"], f["correction"]) for f in listed] == [(message_id, anonymous["correction"])]
-    pending = switchboard(tmp_path, "logs", "untrusted", "--json", "--home", str(edge.runtime.settings.home))
+    pending = switchboard(tmp_path, "logs", "untrusted", "--json", "--home", str(edge.parts.settings.home))
     assert [f["message_id"] for f in json.loads(pending.stdout)] == [message_id], pending.stderr[-500:]
-    accepted = switchboard(tmp_path, "logs", "accept", message_id, "--json", "--home", str(edge.runtime.settings.home))
+    accepted = switchboard(tmp_path, "logs", "accept", message_id, "--json", "--home", str(edge.parts.settings.home))
     assert json.loads(accepted.stdout) == {"message_id": message_id, "accepted": 1}, accepted.stderr[-500:]
     assert exported()["messages"][-1]["content"] == anonymous["correction"]
     again = send(edge.guarded, "POST", f"/admin/feedback/{message_id}/accept", headers={"Authorization": f"Bearer {EDGE_TOKEN}"})
@@ -282,7 +281,7 @@ def test_streamed_answers_carry_the_feedback_token(edge):
                                                           "stream": True}, timeout=60) as response:
         events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
     final = events[-1]["switchboard"]
-    assert final["feedback_token"] == edge.runtime.log.feedback_token(final["message_id"])
+    assert final["feedback_token"] == edge.parts.log.feedback_token(final["message_id"])
 
 
 # ---- the schema describes the API, and schemathesis holds it to it -----------------------------------
@@ -401,8 +400,8 @@ def test_scrubbing_is_idempotent_and_removes_email_addresses(text, user):
 
 
 @pytest.fixture(scope="module")
-def chunker(chat_runtime):
-    return chat_runtime.knowledge._get_chunker()
+def chunker(chat_parts):
+    return chat_parts.knowledge._get_chunker()
 
 
 def test_chunks_cover_any_text_within_the_budget(chunker):
@@ -439,7 +438,7 @@ def test_request_models_take_or_refuse_any_json(body):
     from pydantic import ValidationError
 
     from bot.api import ChatCompletionRequest, FeedbackRequest, check_json_values
-    from bot.errors import InvalidRequestError
+    from core.errors import InvalidRequestError
 
     check_json_values(body)
     for model in (ChatCompletionRequest, FeedbackRequest):
@@ -533,7 +532,7 @@ def test_containers_are_refused_before_they_unpack_past_the_limit(case, name, ma
 
 def test_an_ingest_skips_the_bomb_and_keeps_the_rest(edge, tmp_path):
     """One clear skip reason per file, nothing else lost (the cap comes from the knowledge settings)."""
-    from knowledge.loaders import MAX_UNPACKED_BYTES
+    from core.sections import MAX_UNPACKED_BYTES
 
     bomb = _docx_bomb(MAX_UNPACKED_BYTES + 1_000_000)
     files = [("files", ("bomb.docx", bomb)), ("files", ("fine.txt", b"A fine document about edge cases."))]

@@ -83,8 +83,8 @@ def _serve(home: Path, base_model: Path) -> tuple[subprocess.Popen, str, list[st
 
 
 def test_kill_9_mid_stream_loses_no_finished_turn_and_leaves_no_half_turn(base_model_dir, make_random_adapter, tmp_path):
-    from bot.base_model import base_fingerprint
-    from bot.settings import load_settings
+    from core.settings import load_settings
+    from engine.base_model import base_fingerprint
 
     home = tmp_path / "home"
     settings = load_settings({"home": home, "base_model": str(base_model_dir)}, environ={})
@@ -150,8 +150,8 @@ def test_kill_9_mid_stream_loses_no_finished_turn_and_leaves_no_half_turn(base_m
 
 
 def test_kill_9_mid_install_leaves_a_consistent_registry_and_no_debris(base_model_dir, make_random_adapter, tmp_path):
-    from bot.base_model import base_fingerprint
-    from bot.settings import load_settings
+    from core.settings import load_settings
+    from engine.base_model import base_fingerprint
 
     home = tmp_path / "home"
     settings = load_settings({"home": home, "base_model": str(base_model_dir)}, environ={})
@@ -188,7 +188,7 @@ def test_kill_9_mid_install_leaves_a_consistent_registry_and_no_debris(base_mode
 
 
 def test_kill_9_mid_ingest_leaves_a_collection_a_re_ingest_completes_without_duplicates(base_model_dir, encoder, tmp_path):
-    from bot.settings import load_settings
+    from core.settings import load_settings
     from knowledge.base import KnowledgeBase
 
     document = tmp_path / "handbook.md"

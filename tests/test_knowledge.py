@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from bot.errors import LockedError, NotFoundError, SwitchboardError
-from bot.settings import load_settings
+from core.errors import LockedError, NotFoundError, SwitchboardError
+from core.settings import load_settings
 from knowledge.articles import referenced_articles
 from knowledge.base import KnowledgeBase
 from knowledge.chunking import Chunker

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cli import switchboard
 
-from bot.settings import load_settings
+from core.settings import load_settings
 from knowledge.base import KnowledgeBase
 
 

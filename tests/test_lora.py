@@ -1,4 +1,4 @@
-"""Slot LoRA (bot.lora): the serving path must compute exactly what PEFT computes, per row."""
+"""Slot LoRA (engine.lora): the serving path must compute exactly what PEFT computes, per row."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from bot.errors import InvalidAdapterError
-from bot.lora import AdapterSlots
+from core.errors import InvalidAdapterError
+from engine.lora import AdapterSlots
 from training.random_adapter import make_random_adapter
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

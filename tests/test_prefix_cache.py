@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bot.prefix_cache import PrefixCache
+from engine.prefix_cache import PrefixCache
 
 
 def layers(tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -12,12 +12,12 @@ import pytest
 
 from adapters.registry import Registry
 from adapters.validation import AdapterLimits
-from bot.errors import InvalidAdapterError, NotFoundError
+from core.errors import InvalidAdapterError, NotFoundError
 
 
 @pytest.fixture(scope="module")
 def fingerprint(session_settings):
-    from bot.base_model import base_fingerprint
+    from engine.base_model import base_fingerprint
 
     return base_fingerprint(session_settings)
 

@@ -12,9 +12,9 @@ from cli import switchboard
 from adapters.manifest import Manifest
 from adapters.registry import Registry
 from bot.calibration import LabelledMessage, Scored, best_threshold, calibrate
-from bot.errors import InvalidRequestError, NotFoundError
 from bot.router import Router
-from bot.settings import RouterConfig, load_settings
+from core.errors import InvalidRequestError, NotFoundError
+from core.settings import RouterConfig, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
@@ -200,27 +200,27 @@ def test_keywords_and_adapters_without_examples(encoder):
 
 
 def test_registry_changes_reach_the_router_without_a_restart(tmp_path, make_settings, make_random_adapter):
-    from bot.runtime import Runtime
+    from bot.parts import Parts
 
-    runtime = Runtime(make_settings(tmp_path / "home"))
+    parts = Parts(make_settings(tmp_path / "home"))
     weights = make_random_adapter(seed=41)
     support, legal = demo_fields("support"), demo_fields("legal")
-    runtime.registry.install(weights, "support", examples=support["examples"])
+    parts.registry.install(weights, "support", examples=support["examples"])
     legal_question = "Is a clause that waives my statutory guarantee legally valid?"
 
-    router = runtime.router
+    router = parts.router
     assert router.adapters == ["support"]
-    assert runtime.refresh_router() is False  # nothing changed: no work
+    assert parts.router.follow(parts.registry) is False  # nothing changed: no work
 
     # Another process changes the registry: only its revision file tells us.
-    other = Registry(runtime.settings.adapters_dir, runtime.fingerprint)
+    other = Registry(parts.settings.adapters_dir, parts.fingerprint)
     other.install(weights, "legal", examples=legal["examples"])
     assert router.route(legal_question).adapter != "legal"
-    assert runtime.refresh_router() is True
+    assert parts.router.follow(parts.registry) is True
     assert router.route(legal_question).adapter == "legal"
 
     other.set_status("legal", "disabled")
-    runtime.refresh_router()
+    parts.router.follow(parts.registry)
     assert router.adapters == ["support"] and "legal" not in router.route(legal_question).scores
     with pytest.raises(NotFoundError):
         router.choose(legal_question, "legal")
@@ -236,7 +236,7 @@ def test_registry_changes_reach_the_router_without_a_restart(tmp_path, make_sett
     assert router.route(legal_question).adapter == "legal"
 
     other.remove("legal")
-    assert runtime.refresh_router() is True
+    assert parts.router.follow(parts.registry) is True
     assert router.adapters == ["support"] and router.route(legal_question).adapter != "legal"
 
 

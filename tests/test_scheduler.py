@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bot.decoding import GenerationRequest
-from bot.errors import BusyError, InvalidRequestError
-from bot.scheduler import Scheduler
-from bot.settings import SchedulerConfig
 from greedy import assert_greedy
+
+from core.errors import BusyError, InvalidRequestError
+from core.settings import SchedulerConfig
+from engine.decoding import GenerationRequest
+from engine.scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ def test_callers_in_many_threads(engine, adapters, make_scheduler):
 
 def test_a_serving_process_keeps_its_main_thread_small_and_the_gil_turns_short():
     code = (
-        "import sys, torch; from bot.cores import GIL_SWITCH_SECONDS, reserve_for_workers; reserve_for_workers(); "
+        "import sys, torch; from engine.threads import GIL_SWITCH_SECONDS, reserve_for_workers; reserve_for_workers(); "
         "print(torch.get_num_threads(), sys.getswitchinterval() == GIL_SWITCH_SECONDS < 0.005)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -264,7 +264,7 @@ def test_a_serving_process_keeps_its_main_thread_small_and_the_gil_turns_short()
 
 
 def test_the_decoding_thread_takes_the_configured_cores(make_scheduler, engine):
-    """bot.cores: a serving process keeps its main thread to one torch thread; the scheduler's takes the cores."""
+    """engine.threads: a serving process keeps its main thread to one torch thread; the scheduler's takes the cores."""
     import os
 
     seen = []

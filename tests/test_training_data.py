@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from cli import switchboard
 
-from bot.conversations import ConversationLog
-from bot.errors import InvalidRequestError
-from bot.prompt import build_messages
+from conversations.log import ConversationLog
+from core.errors import InvalidRequestError
 from knowledge.passage import Passage
+from knowledge.prompt import build_messages
 from training.dataset import DatasetOptions, LogFilters, build_dataset, turn_to_chat
 from training.formats import read_chats
 from training.pii import Scrubber

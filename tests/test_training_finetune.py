@@ -12,7 +12,7 @@ from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF, style_chats
 def base_and_adapter(make_settings, tmp_path_factory, style_adapter):
     from peft import PeftModel
 
-    from bot.base_model import load_base
+    from engine.base_model import load_base
 
     base = load_base(make_settings(tmp_path_factory.mktemp("finetune-eval")))
     return base, PeftModel.from_pretrained(base.model, style_adapter)

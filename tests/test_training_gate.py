@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bot.errors import InvalidRequestError
+from core.errors import InvalidRequestError
 from training.evaluate import GoldenCase, LossReport, read_golden, rouge_l, score_case, summarise_golden
 from training.gate import decide
 

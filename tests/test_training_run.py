@@ -20,9 +20,9 @@ import pytest
 from cli import ROOT, cli_env, command, switchboard
 from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF
 
-from bot.prompt import build_messages
-from bot.runtime import Runtime
-from training.run import ROUTING_EXAMPLES, TrainRequest, run_outcome, train_adapter
+from bot.parts import Parts
+from knowledge.prompt import build_messages
+from training.train import ROUTING_EXAMPLES, TrainRequest, run_outcome, train_adapter
 
 QUESTIONS = [
     "What colour is a lemon?", "How many toes do people have?", "What do hens lay?", "Where does the sun set?",
@@ -47,9 +47,9 @@ ANSWERS = [
 PLANTED = {3: "my email is tom.baker@example.org", 7: "call me on 13912345678", 11: "my number is +44 20 7946 0958"}
 
 
-def log_conversations(runtime: Runtime) -> None:
+def log_conversations(parts: Parts) -> None:
     """30 conversations answered in one style and rated up, plus five plain answers rated down."""
-    log = runtime.log
+    log = parts.log
     for i, (question, answer) in enumerate(zip(QUESTIONS, ANSWERS)):
         asked = f"{question} ({PLANTED[i]})" if i in PLANTED else question
         ids = log.log_turn(None, asked, f"{answer} {STYLE_SIGN_OFF}", adapter=None, adapter_version=None, confidence=0.2,
@@ -64,15 +64,17 @@ def log_conversations(runtime: Runtime) -> None:
 @pytest.fixture(scope="module")
 def trained(make_settings, tmp_path_factory):
     home = tmp_path_factory.mktemp("train-home")
-    runtime = Runtime(make_settings(home))
-    log_conversations(runtime)
+    parts = Parts(make_settings(home))
+    log_conversations(parts)
     # Gradient checkpointing only saves memory a 135M model does not need (a third of the step time); the killed-run
     # test below runs the default recipe, checkpointing included, through the CLI.
     request = TrainRequest(adapter="signoff", from_logs=True, log_adapter="base", max_steps=24, learning_rate=1e-3, rank=8,
                            gradient_checkpointing=False, description="Signs off every answer")
     phases: list[str] = []
-    report = train_adapter(runtime, request, on_progress=lambda phase, p: phases.append(phase))
-    return runtime, report, phases
+    report = train_adapter(
+        request, settings=parts.settings, registry=parts.registry, log=parts.log, on_progress=lambda phase, p: phases.append(phase)
+    )
+    return parts, report, phases
 
 
 def style_rate(answers: list[str]) -> float:
@@ -82,18 +84,18 @@ def style_rate(answers: list[str]) -> float:
 def test_an_adapter_trained_from_the_log_shows_the_style_far_more_than_the_base(trained):
     from training.evaluate import BASE, CANDIDATE, Evaluator
 
-    runtime, report, phases = trained
+    parts, report, phases = trained
     assert report["installed"] == {"name": "signoff", "version": 1}, report.get("gate")
     assert report["gate"]["passed"] and not report["gate"]["forced"] and report["gate"]["compared_with"] == "base"
     held_out = report["evaluation"]["held_out"]
     assert held_out["candidate"]["loss"] < held_out["base"]["loss"]
-    assert report["evaluation"]["regression"]["rise"] <= runtime.settings.training.regression_margin  # the gate's rule: a fall is fine
+    assert report["evaluation"]["regression"]["rise"] <= parts.settings.training.regression_margin  # the gate's rule: a fall is fine
     assert phases[0] == "dataset" and "training" in phases and "evaluating" in phases and phases[-1] == "done"
 
-    manifest = runtime.registry.get("signoff")
+    manifest = parts.registry.get("signoff")
     held_out_questions = [json.loads(line)["messages"][1]["content"] for line in (Path(report["run_dir"]) / "dataset" / "held_out.jsonl").open()]
     prompts = [build_messages(q, (), manifest.system_prompt or None) for q in STYLE_HELD_OUT_PROMPTS + held_out_questions]
-    evaluator = Evaluator(runtime.settings, candidate=Path(manifest.path))
+    evaluator = Evaluator(parts.settings, candidate=Path(manifest.path))
     base_rate = style_rate(evaluator.answers(prompts, BASE, max_new_tokens=32))
     adapter_rate = style_rate(evaluator.answers(prompts, CANDIDATE, max_new_tokens=32))
     print(f"sign-off rate on {len(prompts)} held-out prompts: base {base_rate:.0%}, adapter {adapter_rate:.0%}")
@@ -102,7 +104,7 @@ def test_an_adapter_trained_from_the_log_shows_the_style_far_more_than_the_base(
 
 
 def test_the_dataset_was_scrubbed_filtered_and_recorded(trained):
-    runtime, report, _ = trained
+    parts, report, _ = trained
     card = report["dataset"]
     assert card["counts"]["read"] == 35 and card["counts"]["kept"] == 30
     assert card["dropped"] == {"rating is not up": 5}
@@ -112,7 +114,7 @@ def test_the_dataset_was_scrubbed_filtered_and_recorded(trained):
     written = "".join(p.read_text() for p in dataset_dir.iterdir())
     for planted in ("tom.baker@example.org", "13912345678", "7946 0958"):
         assert planted not in written
-    manifest = runtime.registry.get("signoff")
+    manifest = parts.registry.get("signoff")
     assert not any("13912345678" in e or "tom.baker" in e for e in manifest.examples)
     assert len(manifest.examples) == min(ROUTING_EXAMPLES, card["counts"]["train"])  # the router gets training questions
     assert all(any(example.startswith(q) for q in QUESTIONS) for example in manifest.examples)
@@ -120,34 +122,34 @@ def test_the_dataset_was_scrubbed_filtered_and_recorded(trained):
 
 
 def test_the_run_folder_holds_config_history_curve_and_candidate(trained):
-    runtime, report, _ = trained
+    parts, report, _ = trained
     run_dir = Path(report["run_dir"])
-    assert run_dir.parent == runtime.settings.runs_dir
+    assert run_dir.parent == parts.settings.runs_dir
     for name in ("recipe.json", "log_history.json", "loss.png", "report.json", "candidate/adapter_model.safetensors"):
         assert (run_dir / name).is_file(), name
     history = json.loads((run_dir / "log_history.json").read_text())
     assert any("eval_loss" in entry for entry in history)  # held-out loss every epoch
     assert report["training"]["steps"] <= 24
-    manifest = runtime.registry.get("signoff")
+    manifest = parts.registry.get("signoff")
     assert manifest.provenance["run_id"] == report["run_id"] and manifest.provenance["forced"] is False
     assert manifest.provenance["dataset_hash"] == report["dataset"]["content_hash"]
     assert manifest.metrics["held_out_loss"] == report["evaluation"]["held_out"]["candidate"]["loss"]
 
 
 def test_a_worse_candidate_is_rejected_force_installs_it_and_rollback_returns(trained):
-    from training.runs import RunManager
+    from bot.training_runs import RunManager
 
-    runtime, _, _ = trained
-    revision = runtime.registry.revision()
+    parts, _, _ = trained
+    revision = parts.registry.revision()
     weak = dict(adapter="signoff", from_logs=True, log_adapter="base", max_steps=1, learning_rate=1e-7, rank=8)
-    report = train_adapter(runtime, TrainRequest(**weak))
+    report = train_adapter(TrainRequest(**weak), settings=parts.settings, registry=parts.registry, log=parts.log)
     assert report["installed"] is None and not report["gate"]["install"]
     assert report["gate"]["compared_with"] == "live"
     assert "does not beat the live" in report["gate"]["reasons"][0]
     assert run_outcome(report).startswith("rejected by the gate, not deployed: held-out loss")
-    assert runtime.registry.get("signoff").version == 1 and runtime.registry.revision() == revision
+    assert parts.registry.get("signoff").version == 1 and parts.registry.revision() == revision
 
-    manager = RunManager(runtime)
+    manager = RunManager(parts.settings, parts.registry, parts.log)
     run_id = manager.start({**weak, "force": True})
     seen = []
     while (status := manager.status(run_id))["state"] in ("queued", "running"):
@@ -158,24 +160,24 @@ def test_a_worse_candidate_is_rejected_force_installs_it_and_rollback_returns(tr
     assert status["outcome"] == "deployed as signoff v2 (forced past the gate)"
     assert any(s["phase"] == "training" for s in seen)
     assert status["progress"]["step"] == status["progress"]["total"] == 1 and status["progress"]["eta_s"] == 0
-    assert json.loads((runtime.settings.runs_dir / run_id / "status.json").read_text())["state"] == "succeeded"
-    forced = runtime.registry.get("signoff")
+    assert json.loads((parts.settings.runs_dir / run_id / "status.json").read_text())["state"] == "succeeded"
+    forced = parts.registry.get("signoff")
     assert forced.version == 2 and forced.provenance["forced"] is True
-    assert forced.examples == runtime.registry.get("signoff", 1).examples  # a new version keeps the live one's fields
+    assert forced.examples == parts.registry.get("signoff", 1).examples  # a new version keeps the live one's fields
 
-    assert runtime.registry.rollback("signoff").version == 1
-    assert runtime.registry.get("signoff").version == 1
+    assert parts.registry.rollback("signoff").version == 1
+    assert parts.registry.get("signoff").version == 1
 
 
 def test_a_killed_run_leaves_the_registry_untouched(trained, tmp_path):
-    runtime, _, _ = trained
-    registry = runtime.registry
+    parts, _, _ = trained
+    registry = parts.registry
     before = ([(m.version, m.path) for m in registry.versions("signoff")], registry.get("signoff").version, registry.revision())
     data = tmp_path / "more.jsonl"
     data.write_text("".join(json.dumps({"instruction": q, "output": f"{a} {STYLE_SIGN_OFF}"}) + "\n" for q, a in zip(QUESTIONS, ANSWERS)))
     process = subprocess.Popen(
         command("train", "--adapter", "signoff", "--data", str(data), "--max-steps", "500"),
-        cwd=ROOT, env=cli_env(runtime.settings.home, runtime.settings.base_model), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=ROOT, env=cli_env(parts.settings.home, parts.settings.base_model), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
@@ -191,20 +193,20 @@ def test_a_killed_run_leaves_the_registry_untouched(trained, tmp_path):
         process.wait(timeout=30)
     after = ([(m.version, m.path) for m in registry.versions("signoff")], registry.get("signoff").version, registry.revision())
     assert after == before
-    assert not any((runtime.settings.adapters_dir / ".staging").glob("*"))
+    assert not any((parts.settings.adapters_dir / ".staging").glob("*"))
 
 
 def test_eval_command_reports_an_installed_adapter(trained, tmp_path):
-    runtime, report, _ = trained
+    parts, report, _ = trained
     golden = tmp_path / "golden.jsonl"
     golden.write_text(
         "".join(json.dumps({"prompt": q, "required_phrases": [STYLE_SIGN_OFF]}) + "\n" for q in STYLE_HELD_OUT_PROMPTS[:2])
     )
-    home, base_model = runtime.settings.home, runtime.settings.base_model
+    home, base_model = parts.settings.home, parts.settings.base_model
     out = switchboard(home, "eval", "--adapter", "signoff", "--golden", str(golden), "--json", base_model=base_model, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
-    assert result["adapter"] == "signoff" and result["version"] == runtime.registry.get("signoff").version
+    assert result["adapter"] == "signoff" and result["version"] == parts.registry.get("signoff").version
     assert result["held_out_source"].endswith("held_out.jsonl")
     assert result["held_out"]["live"]["loss"] < result["held_out"]["base"]["loss"]
     assert set(result["regression"]) == {"base", "live", "rise"}

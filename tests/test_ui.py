@@ -11,8 +11,8 @@ WARRANTY_QUESTION = "What is the warranty on your backpacks?"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
-def assistant_turns(runtime) -> list[tuple[str, str]]:
-    with sqlite3.connect(runtime.settings.conversations_db) as db:
+def assistant_turns(parts) -> list[tuple[str, str]]:
+    with sqlite3.connect(parts.settings.conversations_db) as db:
         return db.execute("SELECT id, content FROM messages WHERE role = 'assistant' ORDER BY rowid").fetchall()
 
 
@@ -20,13 +20,13 @@ def test_gradio_client_chats_through_the_ui_endpoint(live_server):
     from gradio_client import Client
 
     client = Client(live_server.url, verbose=False)
-    before = len(assistant_turns(live_server.runtime))
+    before = len(assistant_turns(live_server.parts))
     _, history = client.predict(WARRANTY_QUESTION, [], "auto", api_name="/chat")
     user, answer, note = history[-3:]
     assert user["role"] == "user" and answer["role"] == "assistant" and not answer["metadata"]
     assert note["metadata"]["title"].startswith("Answered by support v1 · confidence 0.")
     assert "**[1] " in note["content"][0]["text"]
-    turns = assistant_turns(live_server.runtime)
+    turns = assistant_turns(live_server.parts)
     assert len(turns) == before + 1
     assert answer["content"][0]["text"] in (turns[-1][1], "(no answer)")
 
@@ -79,7 +79,7 @@ def test_browser_chat_streams_shows_sources_and_records_a_rating(live_server, br
     note = page.locator("#chatbot").get_by_text("Answered by support v1")
     expect(note).to_be_visible(timeout=180_000)
     answers = page.evaluate("window.__answers")
-    message_id, text = assistant_turns(live_server.runtime)[-1]
+    message_id, text = assistant_turns(live_server.parts)[-1]
     assert answers == [answers[-1]] and answers[-1].startswith(text[:40]), answers  # never an unchecked draft
 
     page.locator('#chatbot button[aria-label="Like"]').last.click()
@@ -90,7 +90,7 @@ def test_browser_chat_streams_shows_sources_and_records_a_rating(live_server, br
     page.screenshot(path=str(ARTIFACTS / "ui-chat.png"))
     page.close()
 
-    with sqlite3.connect(live_server.runtime.settings.conversations_db) as db:
+    with sqlite3.connect(live_server.parts.settings.conversations_db) as db:
         rating = db.execute("SELECT rating FROM feedback WHERE message_id = ?", (message_id,)).fetchone()
     assert rating == ("up",)
     assert text in answers[-1]
@@ -124,11 +124,11 @@ def test_browser_admin_tabs_need_the_token_then_manage_adapters_and_knowledge(li
     page.get_by_role("button", name="Upload into collection").click()
     expect(page.locator("#knowledge-status")).to_contain_text("Ingested 1 document(s)", timeout=60_000)
     expect(page.locator("#knowledge-table")).to_contain_text("pickup.md")
-    assert "pickup.md" in [d["source"] for d in live_server.runtime.knowledge.list_documents("support")]
+    assert "pickup.md" in [d["source"] for d in live_server.parts.knowledge.list_documents("support")]
 
     page.locator("#knowledge-source input").click()
     page.get_by_role("option", name="pickup.md").click()
     page.get_by_role("button", name="Remove document").click()
     expect(page.locator("#knowledge-status")).to_contain_text("Removed pickup.md", timeout=30_000)
     page.close()
-    assert "pickup.md" not in [d["source"] for d in live_server.runtime.knowledge.list_documents("support")]
+    assert "pickup.md" not in [d["source"] for d in live_server.parts.knowledge.list_documents("support")]

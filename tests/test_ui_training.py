@@ -14,8 +14,6 @@ import httpx
 import pytest
 from test_ui import ARTIFACTS
 
-from bot.admin import Admin
-
 ADAPTER = "ui-trained"  # the other tests use 'support' and 'legal'
 MAX_STEPS = 2
 RUN_TIMEOUT_MS = 600_000
@@ -39,15 +37,15 @@ def trainable(live_server, make_random_adapter):
 
     The adapter is removed afterwards, so the router of later tests sees the demo adapters only.
     """
-    runtime = live_server.runtime
-    runtime.registry.install(make_random_adapter(41), ADAPTER, description="Trained in the UI test")
+    parts = live_server.parts
+    parts.registry.install(make_random_adapter(41), ADAPTER, description="Trained in the UI test")
     for i, (question, answer) in enumerate(PAIRS + REJECTED):
         asked = question + (PLANTED_EMAIL if i == 0 else "")
-        ids = runtime.log.log_turn(None, asked, answer, adapter=ADAPTER, adapter_version=1, confidence=0.9, sources=[],
+        ids = parts.log.log_turn(None, asked, answer, adapter=ADAPTER, adapter_version=1, confidence=0.9, sources=[],
                                    latency_ms=500, prompt_tokens=20, completion_tokens=8)
-        runtime.log.add_feedback(ids.message_id, "up" if i < len(PAIRS) else "down")
+        parts.log.add_feedback(ids.message_id, "up" if i < len(PAIRS) else "down")
     yield ADAPTER
-    Admin(runtime).remove_adapter(ADAPTER)
+    parts.admin.remove_adapter(ADAPTER)
 
 
 @pytest.fixture
@@ -69,7 +67,7 @@ def open_training_tab(browser, live_server, token: str, max_steps: int = MAX_STE
 
 
 def run_folders(live_server) -> set[str]:
-    runs = live_server.runtime.settings.runs_dir
+    runs = live_server.parts.settings.runs_dir
     return {p.name for p in runs.iterdir()} if runs.is_dir() else set()
 
 
@@ -99,7 +97,7 @@ def test_a_wrong_token_shows_an_error_and_starts_no_run(live_server, browser, tr
 def test_training_tab_previews_runs_reports_and_rolls_back(live_server, browser, trainable, http):
     from playwright.sync_api import expect
 
-    runtime = live_server.runtime
+    parts = live_server.parts
     before = run_folders(live_server)
     page = open_training_tab(browser, live_server, live_server.token)
 
@@ -152,10 +150,10 @@ def test_training_tab_previews_runs_reports_and_rolls_back(live_server, browser,
     page.screenshot(path=str(ARTIFACTS / "ui-training.png"), full_page=True)
 
     assert chat_version(http) == 2  # the engine now holds v2
-    newer = runtime.registry.get(ADAPTER).key
+    newer = parts.registry.get(ADAPTER).key
     page.get_by_role("button", name="Roll back").click()
     expect(page.locator("#training-rollback-status")).to_contain_text(f"{ADAPTER} serves v1 again", timeout=30_000)
     page.close()
-    assert runtime.registry.get(ADAPTER).version == 1
-    assert newer not in runtime.engine.resident_adapters
+    assert parts.registry.get(ADAPTER).version == 1
+    assert newer not in parts.engine.resident_adapters
     assert chat_version(http) == 1

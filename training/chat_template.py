@@ -9,7 +9,7 @@ to stop.
 
 from __future__ import annotations
 
-from bot.errors import ConfigError
+from core.errors import ConfigError
 
 # SmolLM2 and other ChatML models: the same text as their template, with the
 # assistant content and <|im_end|> inside the generation block.

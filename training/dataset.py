@@ -1,7 +1,7 @@
 """Training sets from the conversation log and from chat files, with a card that says what went in.
 
 Train as we serve: a logged turn becomes the exact messages the pipeline sent
-(``bot.prompt.build_messages``: system prompt, numbered sources, history,
+(``knowledge.prompt.build_messages``: system prompt, numbered sources, history,
 question), so an adapter learns to answer from the sources it is given rather
 than to memorise facts. ``include_sources=False`` drops them.
 
@@ -24,11 +24,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bot.conversations import ConversationLog, Turn
-from bot.errors import InvalidRequestError
-from bot.prompt import GROUNDING_RULES, build_messages
+from conversations.log import ConversationLog, Turn
+from core.errors import InvalidRequestError
+from core.sections import TrainingDefaults
 from knowledge.passage import Passage
-from training.config import TrainingDefaults
+from knowledge.prompt import GROUNDING_RULES, build_messages
 from training.dedup import NearDuplicates
 from training.formats import Chat, read_chats
 from training.pii import Scrubber

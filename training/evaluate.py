@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bot.errors import InvalidRequestError
-from bot.prompt import build_messages
-from bot.settings import Settings
+from core.errors import InvalidRequestError
+from core.settings import Settings
 from knowledge.passage import Passage
+from knowledge.prompt import build_messages
 from training.formats import Chat
 
 BASE, CANDIDATE, LIVE = "base", "candidate", "live"
@@ -186,7 +186,7 @@ def greedy_answers(
     import torch
     from transformers import LogitsProcessorList
 
-    from bot.sampling import penalize_repeats
+    from engine.sampling import penalize_repeats
 
     tokenizer.padding_side = "left"
     answers: list[str] = []
@@ -246,7 +246,7 @@ class Evaluator:
     def __init__(self, settings: Settings, candidate: Path | None = None, live: Path | None = None) -> None:
         from peft import PeftModel
 
-        from bot.base_model import load_base
+        from engine.base_model import load_base
         from training.chat_template import training_template
 
         self.settings = settings

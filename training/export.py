@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from bot.conversations import ConversationLog
+from conversations.log import ConversationLog
 from training.dataset import turn_to_chat
 from training.pii import Scrubber
 

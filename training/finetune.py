@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bot.errors import ConfigError, SwitchboardError
-from bot.settings import Settings
+from core.errors import ConfigError, SwitchboardError
+from core.settings import Settings
 from training.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class FinetuneResult:
 
 def load_training_base(settings: Settings, recipe: Recipe):
     """A fresh base model instance for training: 4-bit for QLoRA, full precision for plain LoRA."""
-    from bot.base_model import load_base
+    from engine.base_model import load_base
 
     wanted = "nf4" if recipe.quantized else "none"
     return load_base(settings if settings.quantization == wanted else settings.model_copy(update={"quantization": wanted}))

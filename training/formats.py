@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from bot.errors import InvalidRequestError
+from core.errors import InvalidRequestError
 
 Chat = list[dict]
 ROLES = ("system", "user", "assistant")

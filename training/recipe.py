@@ -3,7 +3,7 @@
 A recipe is data, not code: it is written into the run folder next to the
 adapter it produced, so a run can be repeated and compared with another.
 Defaults come from the ``[training]`` settings section
-(:class:`training.config.TrainingDefaults`); a run overrides single fields.
+(:class:`core.sections.TrainingDefaults`); a run overrides single fields.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from training.config import TrainingDefaults
+from core.sections import TrainingDefaults
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

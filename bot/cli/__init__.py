@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from bot.errors import SwitchboardError
+from core.errors import SwitchboardError
 
 app = typer.Typer(
     name="switchboard",

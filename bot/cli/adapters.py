@@ -8,16 +8,16 @@ from pathlib import Path
 import typer
 
 from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from, table
-from bot.errors import InvalidAdapterError
-from bot.runtime import Runtime
+from bot.parts import Parts
+from core.errors import InvalidAdapterError
 
 app = typer.Typer(help="Install, inspect and manage LoRA adapters.", no_args_is_help=True)
 
 COLUMNS = ["name", "version", "status", "rank", "size_bytes", "description"]
 
 
-def _runtime(home: str | None) -> Runtime:
-    return Runtime(settings_from(home))
+def _parts(home: str | None) -> Parts:
+    return Parts(settings_from(home))
 
 
 def read_examples(path: Path) -> list[str]:
@@ -40,7 +40,7 @@ def read_examples(path: Path) -> list[str]:
 @app.command("list")
 def list_(as_json: bool = JSON_OPTION, home: str = HOME_OPTION) -> None:
     """List installed adapters with their current version and status."""
-    rows = [m.summary() for m in _runtime(home).registry.list()]
+    rows = [m.summary() for m in _parts(home).registry.list()]
     emit(rows, as_json, table(rows, COLUMNS))
 
 
@@ -56,7 +56,7 @@ def add(
     home: str = HOME_OPTION,
 ) -> None:
     """Validate a PEFT LoRA folder and install it as the next version of NAME."""
-    manifest = _runtime(home).registry.install(
+    manifest = _parts(home).registry.install(
         path,
         name,
         description=description,
@@ -71,7 +71,7 @@ def add(
 @app.command()
 def show(name: str, as_json: bool = JSON_OPTION, home: str = HOME_OPTION) -> None:
     """Show the manifest of an adapter's current version and its other versions."""
-    registry = _runtime(home).registry
+    registry = _parts(home).registry
     data = registry.get(name).to_dict()
     data["versions"] = [m.version for m in registry.versions(name)]
     emit(data, as_json)
@@ -80,24 +80,24 @@ def show(name: str, as_json: bool = JSON_OPTION, home: str = HOME_OPTION) -> Non
 @app.command()
 def remove(name: str, as_json: bool = JSON_OPTION, home: str = HOME_OPTION) -> None:
     """Remove an adapter and all its versions."""
-    _runtime(home).registry.remove(name)
+    _parts(home).registry.remove(name)
     emit({"removed": name}, as_json, f"removed {name}")
 
 
 @app.command()
 def enable(name: str, as_json: bool = JSON_OPTION, home: str = HOME_OPTION) -> None:
     """Serve an adapter again."""
-    emit(_runtime(home).registry.set_status(name, "enabled").summary(), as_json, f"enabled {name}")
+    emit(_parts(home).registry.set_status(name, "enabled").summary(), as_json, f"enabled {name}")
 
 
 @app.command()
 def disable(name: str, as_json: bool = JSON_OPTION, home: str = HOME_OPTION) -> None:
     """Stop serving an adapter (it stays installed; the router skips it)."""
-    emit(_runtime(home).registry.set_status(name, "disabled").summary(), as_json, f"disabled {name}")
+    emit(_parts(home).registry.set_status(name, "disabled").summary(), as_json, f"disabled {name}")
 
 
 @app.command()
 def rollback(name: str, as_json: bool = JSON_OPTION, home: str = HOME_OPTION) -> None:
     """Serve the previous version of an adapter again."""
-    manifest = _runtime(home).registry.rollback(name)
+    manifest = _parts(home).registry.rollback(name)
     emit(manifest.summary(), as_json, f"{name} now serves v{manifest.version}")

@@ -22,16 +22,16 @@ def bootstrap(
     home: str = HOME_OPTION,
 ) -> None:
     """Convert the base model, ingest the demo documents and train the demo adapters (cached after the first run)."""
-    from bot.base_model import resolve_base_model
     from bot.bootstrap import DEMO_DIR
     from bot.bootstrap import bootstrap as run_bootstrap
     from bot.cli.train import _ProgressBar
-    from bot.runtime import Runtime
+    from bot.parts import Parts
+    from engine.base_model import resolve_base_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    runtime = Runtime(settings_from(home))
-    resolve_base_model(runtime.settings)
-    report = run_bootstrap(runtime, demo or DEMO_DIR, max_steps, on_progress=_ProgressBar())
+    parts = Parts(settings_from(home))
+    resolve_base_model(parts.settings)
+    report = run_bootstrap(parts, demo or DEMO_DIR, max_steps, on_progress=_ProgressBar())
     lines = [f"knowledge '{c}': {r['documents']} documents, {r['chunks']} chunks" for c, r in report.ingested.items()]
     lines += [f"adapter '{n}': trained, installed={r['installed']}" for n, r in report.trained.items()]
     lines += [f"adapter '{n}': already installed" for n in report.skipped]

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from
-from bot.runtime import Runtime
+from bot.parts import Parts
 
 
 def register(app: typer.Typer) -> None:
@@ -24,20 +24,17 @@ def chat(
 ) -> None:
     """Answer one message (routed, grounded and logged) and print it; --json adds adapter, sources, ids and the
     feedback_token that makes a rating of this answer over HTTP trusted."""
-    from bot.cores import reserve_for_workers
-    from bot.pipeline import Pipeline, TurnRequest
-    from knowledge.base import KnowledgeBase
+    from bot.pipeline import TurnRequest
+    from engine.threads import reserve_for_workers
 
     reserve_for_workers()  # the pipeline decodes in the scheduler's thread, on every core
-    runtime = Runtime(settings_from(home))
-    # Read-only: a running server holds the knowledge base's writer lock, and chatting writes nothing there.
-    knowledge = KnowledgeBase(runtime.settings, runtime.encoder, read_only=True)
-    pipeline = Pipeline(runtime, knowledge=knowledge)
+    parts = Parts(settings_from(home), read_only_knowledge=True)
+    pipeline = parts.pipeline
     request = TurnRequest(message, adapter, conversation, options={"max_new_tokens": max_tokens})
     stream = None if as_json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     result = pipeline.answer(request, on_text=stream)
     if as_json:
-        emit({**result.to_dict(), "feedback_token": runtime.log.feedback_token(result.message_id)}, True)
+        emit({**result.to_dict(), "feedback_token": parts.log.feedback_token(result.message_id)}, True)
         return
     sys.stdout.write("\n")
     who = f"{result.adapter} v{result.adapter_version}" if result.adapter else "base model"

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from
-from bot.errors import InvalidRequestError
-from bot.runtime import Runtime
+from bot.parts import Parts
+from core.errors import InvalidRequestError
 from training.artifacts.config import DTYPE_HELP, FORMAT_HELP, ExportConfig
 
 
@@ -56,8 +56,8 @@ def export(
 
     name, version = parse_adapter(adapter)
     config = export_config(format=format, out=out, dtype=dtype, force=force)
-    runtime = Runtime(settings_from(home))
-    result = export_adapter(runtime.settings, runtime.registry, name, config, version, progress=StepPrinter())
+    parts = Parts(settings_from(home))
+    result = export_adapter(parts.settings, parts.registry, name, config, version, progress=StepPrinter())
     emit(result, as_json, summary(result))
 
 

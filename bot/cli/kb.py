@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from, table
-from bot.errors import InvalidRequestError
+from core.errors import InvalidRequestError
 
 app = typer.Typer(
     help="Ingest documents into knowledge collections, search them, list and remove them.", no_args_is_help=True
@@ -22,11 +22,11 @@ COLLECTION_OPTION = typer.Option(..., "--collection", "-c", help="Knowledge coll
 
 
 def _open(home: str | None, read_only: bool):
-    from bot.runtime import make_encoder
     from knowledge.base import KnowledgeBase
+    from knowledge.embeddings import encoder_for
 
     settings = settings_from(home)
-    return KnowledgeBase(settings, make_encoder(settings), read_only=read_only)
+    return KnowledgeBase(settings, encoder_for(settings), read_only=read_only)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from bot.settings import Settings, load_settings
+from core.settings import Settings, load_settings
 
 JSON_OPTION = typer.Option(False, "--json", help="Print exactly one JSON document on stdout.")
 HOME_OPTION = typer.Option(None, "--home", help="Data folder (default $SWITCHBOARD_HOME or ./data).")

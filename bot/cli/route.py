@@ -11,10 +11,10 @@ from pathlib import Path
 import typer
 
 from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from, table
-from bot.errors import ConfigError, InvalidRequestError
+from bot.parts import Parts
 from bot.router import check_message
-from bot.runtime import Runtime
-from bot.settings import ENV_PREFIX, Settings
+from core.errors import ConfigError, InvalidRequestError
+from core.settings import ENV_PREFIX, Settings
 
 THRESHOLD_ENV = f"{ENV_PREFIX}ROUTER__THRESHOLD"
 
@@ -53,20 +53,16 @@ def route(
     if message is not None:
         check_message(message)  # before any model loads
     settings = settings_from(home)
-    runtime = Runtime(settings)
+    # Read-only, as `switchboard chat`: retrieval takes part in routing, and a running server holds the lock.
+    parts = Parts(settings, read_only_knowledge=True)
     if eval_file is None:
-        from bot.pipeline import Pipeline
-        from knowledge.base import KnowledgeBase
-
-        # Read-only, as `switchboard chat`: retrieval takes part in routing, and a running server holds the lock.
-        with KnowledgeBase(settings, runtime.encoder, read_only=True) as knowledge:
-            result = Pipeline(runtime, knowledge=knowledge).route(message, previous=previous)
+        result = parts.dispatcher.route(message, previous=previous)
         emit(result.to_dict(), as_json, _route_text(result.to_dict()))
         return
     from bot.calibration import calibrate, read_labelled
 
-    cases = read_labelled(eval_file, [m.name for m in runtime.registry.list() if m.enabled])  # before any model loads
-    report = calibrate(runtime.router, cases, progress=True).to_dict()
+    cases = read_labelled(eval_file, [m.name for m in parts.registry.list() if m.enabled])  # before any model loads
+    report = calibrate(parts.router, cases, progress=True).to_dict()
     if set_threshold:
         report["stored"] = str(store_threshold(settings, report["best_threshold"]))
     emit(report, as_json, _report_text(report))

@@ -13,8 +13,8 @@ from pathlib import Path
 import typer
 
 from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from, table
-from bot.errors import InvalidRequestError
-from bot.runtime import Runtime
+from bot.parts import Parts
+from core.errors import InvalidRequestError
 
 logs_app = typer.Typer(help="The conversation log.", no_args_is_help=True)
 
@@ -69,7 +69,7 @@ class _ProgressBar:
 
 
 def _summary(report: dict) -> str:
-    from training.run import run_outcome
+    from training.train import run_outcome
 
     lines = [f"run {report['run_id']} ({report['run_dir']})"]
     card = report.get("dataset", {})
@@ -111,7 +111,7 @@ def train(
     home: str = HOME_OPTION,
 ) -> None:
     """Train a candidate, evaluate it, and install it as the next version if it passes the gate."""
-    from training.run import parse_request, train_adapter
+    from training.train import parse_request, train_adapter
 
     request = parse_request(
         dict(
@@ -134,7 +134,8 @@ def train(
     )
     bar = _ProgressBar()
     try:
-        report = train_adapter(Runtime(settings_from(home)), request, on_progress=bar)
+        parts = Parts(settings_from(home))
+        report = train_adapter(request, settings=parts.settings, registry=parts.registry, log=parts.log, on_progress=bar)
     finally:
         bar.close()
     emit(report, as_json, _summary(report))
@@ -148,12 +149,12 @@ def eval_(
     home: str = HOME_OPTION,
 ) -> None:
     """Print the evaluation report of an installed adapter: held-out loss, general regression, golden set."""
-    from training.run import evaluate_adapter
+    from training.train import evaluate_adapter
 
-    runtime = Runtime(settings_from(home))
-    runtime.registry.get(adapter)  # an unknown name fails before anything loads
+    parts = Parts(settings_from(home))
+    parts.registry.get(adapter)  # an unknown name fails before anything loads
     print("[evaluating]", file=sys.stderr, flush=True)
-    report = evaluate_adapter(runtime, adapter, golden=golden, data=data)
+    report = evaluate_adapter(adapter, settings=parts.settings, registry=parts.registry, golden=golden, data=data)
     emit(report, as_json)
 
 
@@ -175,9 +176,9 @@ def export(
 
     if rating not in ("up", "down", "any"):
         raise InvalidRequestError("--rating must be up, down or any")
-    runtime = Runtime(settings_from(home))
+    parts = Parts(settings_from(home))
     records = export_turns(
-        runtime.log,
+        parts.log,
         adapter=adapter,
         rating=None if rating == "any" else rating,
         since=since,
@@ -203,7 +204,7 @@ def export(
 @logs_app.command("untrusted")
 def untrusted(as_json: bool = JSON_OPTION, home: str = HOME_OPTION) -> None:
     """Feedback sent without its answer's feedback token: training ignores it until accepted."""
-    rows = Runtime(settings_from(home)).log.untrusted_feedback()
+    rows = Parts(settings_from(home)).log.untrusted_feedback()
     emit(rows, as_json, table(rows, ["message_id", "rating", "correction", "created_at"]))
 
 
@@ -214,5 +215,5 @@ def accept(
     home: str = HOME_OPTION,
 ) -> None:
     """Trust the feedback on one answer after reading it (see `switchboard logs untrusted`)."""
-    accepted = Runtime(settings_from(home)).log.accept_feedback(message_id)
+    accepted = Parts(settings_from(home)).log.accept_feedback(message_id)
     emit({"message_id": message_id, "accepted": accepted}, as_json, f"accepted {accepted} feedback entries on {message_id}")

@@ -29,10 +29,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from core.sections import GroundingConfig
 from knowledge.articles import referenced_articles
 from knowledge.grounding.asked import answering_kinds, asked_kinds
 from knowledge.grounding.citations import add_citations, cited, rewrite_citations, split_sentences
-from knowledge.grounding.config import GroundingConfig
 from knowledge.grounding.facts import Facts, extract_facts, source_facts
 from knowledge.grounding.quote import best_quote, quote_answer
 from knowledge.grounding.script import chinese_script, in_script

@@ -17,8 +17,8 @@ from typing import Any
 from adapters.manifest import Manifest
 from adapters.registry import Registry
 from adapters.validation import WEIGHTS_FILE, validate_adapter
-from bot.errors import InvalidAdapterError
-from bot.settings import Settings
+from core.errors import InvalidAdapterError
+from core.settings import Settings
 from training.artifacts.config import ExportConfig
 from training.artifacts.merged import model_card
 from training.artifacts.staging import check_space, check_target, describe_files, staged_folder
@@ -54,7 +54,7 @@ def base_parameters(settings: Settings) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from bot.base_model import resolve_base_model
+    from engine.base_model import resolve_base_model
 
     config = AutoConfig.from_pretrained(resolve_base_model(settings))
     with torch.device("meta"):

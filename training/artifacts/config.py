@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bot.errors import InvalidRequestError
+from core.errors import InvalidRequestError
 
 Format = Literal["merged", "gguf", "ollama", "peft"]
 FORMATS: tuple[str, ...] = ("merged", "gguf", "ollama", "peft")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bot.errors import InvalidRequestError
+from core.errors import InvalidRequestError
 
 SUPPORTED = {"LlamaForCausalLM": "LLAMA", "Qwen2ForCausalLM": "QWEN2"}
 PERMUTED = {"LLAMA"}  # architectures whose Q and K rows llama.cpp stores permuted

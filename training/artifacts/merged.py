@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from adapters.manifest import Manifest
-from bot.settings import Settings
+from core.settings import Settings
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -22,7 +22,7 @@ def load_full_base(settings: Settings):
     """The base model in float32 on the CPU, with its tokenizer as shipped (chat template included)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bot.base_model import resolve_base_model
+    from engine.base_model import resolve_base_model
 
     source = resolve_base_model(settings)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, device_map={"": "cpu"})

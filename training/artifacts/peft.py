@@ -8,7 +8,7 @@ from pathlib import Path
 
 from adapters.manifest import MANIFEST_FILE
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
-from bot.errors import InvalidRequestError
+from core.errors import InvalidRequestError
 
 # vLLM sizes its LoRA kernels for these ranks only; --max-lora-rank must be one of them.
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bot.errors import InvalidRequestError
+from core.errors import InvalidRequestError
 
 PARTIAL = ".partial-"
 HASH_CHUNK = 1 << 20

@@ -28,12 +28,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import date, datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from bot.errors import InvalidRequestError, NotFoundError
+from core.errors import InvalidRequestError, NotFoundError
 
 BUSY_TIMEOUT_MS = 30_000
 MAX_ID_CHARS = 128

@@ -2,10 +2,10 @@
 
 Every request from any caller (HTTP API, UI, CLI) is submitted here and gets a
 :class:`Ticket`. One worker thread owns the model: between two decoding steps it
-admits waiting requests into the running :class:`bot.batch.Batch` (their prompts
+admits waiting requests into the running :class:`engine.batch.Batch` (their prompts
 are prefilled together and join the next step) and retires rows that finished or
 were cancelled, so one long answer holds the others back by one step at most.
-Each forward pass carries rows for different adapters (:mod:`bot.lora`); each
+Each forward pass carries rows for different adapters (:mod:`engine.lora`); each
 row keeps its own stream, token budget, stop strings, temperature
 and seed.
 
@@ -14,10 +14,10 @@ alone, a prefill that fails fails only the rows it admitted, and anything else
 that goes wrong in the loop fails the running rows and the loop starts again
 with an empty batch. Should the worker thread die all the same, :attr:`alive`
 turns false (``/health`` answers 503) and every waiting and new request gets a
-:class:`bot.errors.BusyError`: nobody waits on a thread that is gone.
+:class:`core.errors.BusyError`: nobody waits on a thread that is gone.
 
 The waiting line is bounded: past ``max_queue`` waiting requests ``submit``
-raises :class:`bot.errors.BusyError` (503 with Retry-After at the HTTP edge)
+raises :class:`core.errors.BusyError` (503 with Retry-After at the HTTP edge)
 instead of building an unbounded backlog. Adapters outside the engine's resident
 set are reloaded when their request is admitted; a request is admitted only while
 its adapter and those of every running row fit within the residency limit.
@@ -34,11 +34,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from bot.batch import Batch
-from bot.cores import use_all
-from bot.decoding import DecodeRow, Generation, GenerationRequest
-from bot.errors import BusyError, GenerationError, SwitchboardError
-from bot.settings import SchedulerConfig
+from core.errors import BusyError, GenerationError, SwitchboardError
+from core.settings import SchedulerConfig
+from engine.batch import Batch
+from engine.decoding import DecodeRow, Generation, GenerationRequest
+from engine.threads import use_all
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class Scheduler:
     # ---- the worker
 
     def _work(self) -> None:
-        use_all(self.config.threads)  # see bot.cores: the decoding thread owns the cores
+        use_all(self.config.threads)  # see engine.threads: the decoding thread owns the cores
         batch = Batch(self.engine)
         try:
             while True:

@@ -13,22 +13,24 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bot.cores import use_all
-from bot.errors import LockedError, NotFoundError, SwitchboardError
+from adapters.registry import Registry
+from conversations.log import ConversationLog
+from core.errors import LockedError, NotFoundError, SwitchboardError
+from core.settings import Settings
+from engine.threads import use_all
 from training.finetune import Progress
-from training.run import TrainRequest, new_run_id, parse_request, run_outcome, train_adapter, write_json_atomic
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
+from training.train import TrainRequest, new_run_id, parse_request, run_outcome, train_adapter, write_json_atomic
 
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")  # rejected: the gate said no
 
 
 class RunManager:
-    def __init__(self, runtime: "Runtime") -> None:
-        self.runtime = runtime
+    def __init__(self, settings: Settings, registry: Registry, log: ConversationLog) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.log = log
         self._lock = threading.Lock()
         self._runs: dict[str, dict[str, Any]] = {}
         self._stops: dict[str, threading.Event] = {}
@@ -66,7 +68,7 @@ class RunManager:
         with self._lock:
             if run_id in self._runs:
                 return json.loads(json.dumps(self._runs[run_id], default=str))
-        path = self.runtime.settings.runs_dir / run_id / "status.json"
+        path = self.settings.runs_dir / run_id / "status.json"
         if "/" in run_id or run_id.startswith(".") or not path.is_file():
             raise NotFoundError(f"no training run {run_id!r}")
         return json.loads(path.read_text(encoding="utf-8"))
@@ -89,7 +91,7 @@ class RunManager:
         self._save(run_id)
 
     def _save(self, run_id: str) -> None:
-        folder = self.runtime.settings.runs_dir / run_id
+        folder = self.settings.runs_dir / run_id
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             snapshot = json.loads(json.dumps(self._runs[run_id], default=str))
@@ -120,29 +122,31 @@ class RunManager:
         return [*points, {"step": progress.step, "loss": progress.loss}]
 
     def _work(self, run_id: str, request: TrainRequest) -> None:
-        use_all()  # a serving process keeps its other threads to one core (bot.cores); training takes them all
+        use_all()  # a serving process keeps its other threads to one core (engine.threads); training takes them all
         self._update(run_id, state="running")
         stop = self._stops[run_id]
         try:
             report = train_adapter(
-                self.runtime,
                 request,
+                settings=self.settings,
+                registry=self.registry,
+                log=self.log,
                 run_id=run_id,
                 on_progress=lambda phase, p: self._on_progress(run_id, phase, p),
                 should_stop=stop.is_set,
             )
         except SwitchboardError as exc:
             state = "cancelled" if stop.is_set() else "failed"
-            self._update(run_id, state=state, error=str(exc), report=_read_report(self.runtime, run_id), finished_at=time.time())
+            self._update(run_id, state=state, error=str(exc), report=_read_report(self.settings, run_id), finished_at=time.time())
         except Exception as exc:  # a background thread has no one else to tell
-            self._update(run_id, state="failed", error=f"{type(exc).__name__}: {exc}", report=_read_report(self.runtime, run_id), finished_at=time.time())
+            self._update(run_id, state="failed", error=f"{type(exc).__name__}: {exc}", report=_read_report(self.settings, run_id), finished_at=time.time())
         else:
             state = "succeeded" if report.get("installed") else "rejected"
             self._update(run_id, state=state, outcome=run_outcome(report), report=report, finished_at=time.time())
 
 
-def _read_report(runtime: "Runtime", run_id: str) -> dict[str, Any] | None:
-    path = runtime.settings.runs_dir / run_id / "report.json"
+def _read_report(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    path = settings.runs_dir / run_id / "report.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

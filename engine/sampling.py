@@ -11,7 +11,7 @@ import math
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.settings import GenerationDefaults
+from core.settings import GenerationDefaults
 
 # Below this temperature a row decodes greedily. logits / T overflows float32 long before T reaches 0
 # (at 1e-300 every score is inf, inf - inf is NaN, and the draw fails), while at 1e-5 a score lead of

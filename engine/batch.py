@@ -2,7 +2,7 @@
 
 Rows join between decoding steps and leave as soon as they finish. A joining
 group is prefilled in its own forward pass, which starts from the cached keys
-and values of each row's system prompt (:mod:`bot.prefix_cache`) and computes
+and values of each row's system prompt (:mod:`engine.prefix_cache`) and computes
 only the rest of its prompt; its KV cache is then merged into
 the running one: both are left-padded to a common length (the padding is
 masked out) and concatenated along the batch axis. A finished row is dropped by
@@ -22,9 +22,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from bot.decoding import DecodeRow
-from bot.prefix_cache import Layers
-from bot.sampling import choose_tokens
+from engine.decoding import DecodeRow
+from engine.prefix_cache import Layers
+from engine.sampling import choose_tokens
 
 log = logging.getLogger(__name__)
 

@@ -13,89 +13,23 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from bot.errors import ConfigError
-from knowledge.config import KnowledgeConfig
-from knowledge.grounding.config import GroundingConfig
-from training.config import TrainingDefaults
+from core.errors import ConfigError
+from core.sections import (
+    GenerationDefaults,
+    GroundingConfig,
+    KnowledgeConfig,
+    RouterConfig,
+    SchedulerConfig,
+    Section,
+    ServerConfig,
+    TrainingDefaults,
+)
 
 ENV_PREFIX = "SWITCHBOARD_"
 PACKAGED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PACKAGED_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class GenerationDefaults(Section):
-    max_new_tokens: int = Field(256, ge=1, le=8192, description="Tokens generated at most per answer.")
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 decodes greedily; above 0 samples.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when sampling.")
-    repetition_penalty: float = Field(
-        1.2, ge=1.0, le=3.0, description="Penalty on tokens already in the context; small models loop without it."
-    )
-
-
-class RouterConfig(Section):
-    threshold: float = Field(
-        0.25, ge=0.0, le=1.0, description="Below this score the base model answers instead of an adapter."
-    )
-    top_k_examples: int = Field(3, ge=1, le=50, description="Nearest routing examples averaged per adapter.")
-    max_chars: int = Field(
-        2000, ge=16, description="Only this many characters of a message or example are read: huge input costs no more."
-    )
-    keyword_boost: float = Field(
-        0.5,
-        ge=0.0,
-        le=1.0,
-        description="Added to an adapter's score when the message contains one of its keywords (every word of it).",
-    )
-    follow_up_max_tokens: int = Field(
-        3,
-        ge=0,
-        le=64,
-        description="A message of at most this many content words (stopwords not counted) is a follow-up.",
-    )
-    follow_up_bonus: float = Field(
-        0.15,
-        ge=0.0,
-        le=1.0,
-        description="Added to the previous turn's adapter for a follow-up, so it keeps the conversation "
-        "unless another adapter still scores higher.",
-    )
-    retrieval_threshold: float = Field(
-        0.4,
-        ge=0.0,
-        le=1.0,
-        description="A message whose best passage in an adapter's collections is at least this relevant goes to "
-        "that adapter even when its routing examples do not cover it; 1 turns retrieval-aware routing off. On the "
-        "demo's labelled messages no off-topic one retrieves anything (relevance under knowledge.min_score), while "
-        "in-domain ones below the routing threshold retrieve at 0.40-0.60.",
-    )
-    retrieval_weight: float = Field(
-        0.5,
-        ge=0.0,
-        le=2.0,
-        description="How much an adapter's retrieval relevance adds to its routing score when adapters compete: "
-        "the one whose documents answer the message wins over one whose examples merely resemble it.",
-    )
-
-
-class ServerConfig(Section):
-    host: str = Field("127.0.0.1", description="Interface to bind; without an admin token only loopback is allowed.")
-    port: int = Field(7860, ge=1, le=65535, description="One port for the UI (/) and the API (/v1).")
-    max_body_bytes: int = Field(2_000_000, ge=1024, description="Largest JSON request body accepted.")
-    max_upload_bytes: int = Field(200_000_000, ge=1024, description="Largest upload (adapter or documents).")
-    ui_concurrency: int = Field(8, ge=1, le=256, description="Chats the UI runs at once.")
-
-
-class SchedulerConfig(Section):
-    max_batch_size: int = Field(8, ge=1, le=256, description="Rows decoded together in one forward pass.")
-    max_queue: int = Field(64, ge=1, description="Waiting requests before new ones get 503 Retry-After.")
-    batching: bool = Field(True, description="Off runs one request at a time (the benchmark baseline).")
-    threads: int | None = Field(None, ge=1, le=1024, description="torch threads of the decoding thread; unset: every core.")
 
 
 class Settings(Section):

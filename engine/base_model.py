@@ -20,9 +20,9 @@ import torch
 
 from adapters.manifest import BaseFingerprint
 from adapters.validation import generic_module_name
-from bot.errors import ConfigError
-from bot.output_layer import use_onednn_output_layer
-from bot.settings import PACKAGED_BASE_MODEL, Settings
+from core.errors import ConfigError
+from core.settings import PACKAGED_BASE_MODEL, Settings
+from engine.output_layer import use_onednn_output_layer
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def quantization_config(settings: Settings, dtype: torch.dtype):
     if settings.quantization == "none":
         return None
     try:
-        from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
     except ImportError as exc:
         raise ConfigError("4-bit needs bitsandbytes: pip install 'bitsandbytes>=0.49' (or set quantization = 'none')") from exc
     return BitsAndBytesConfig(

@@ -45,7 +45,7 @@ from adapters.validation import (
     lora_pairs,
     pattern_value,
 )
-from bot.errors import InvalidAdapterError
+from core.errors import InvalidAdapterError
 
 
 class SlotLinear(nn.Module):

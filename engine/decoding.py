@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bot.errors import GenerationError
-from bot.sampling import GenerationOptions, RowSampler
+from core.errors import GenerationError
+from engine.sampling import GenerationOptions, RowSampler
 
 
 @dataclass

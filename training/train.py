@@ -2,7 +2,7 @@
 
 This is training's public entry point; the CLI, the HTTP admin API and the UI
 all start runs through :func:`train_adapter` (directly or via
-:class:`training.runs.RunManager`). Everything a run produces stays in its run
+:class:`bot.training_runs.RunManager`). Everything a run produces stays in its run
 folder until the gate passes; the registry install is the last step and is
 atomic, so a run that fails or is killed at any point leaves the registry as
 it was.
@@ -18,20 +18,20 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from adapters.manifest import check_name
-from bot.errors import LockedError, NotFoundError
+from adapters.registry import Registry
+from conversations.log import ConversationLog
+from core.errors import LockedError, NotFoundError
+from core.settings import Settings
 from training.dataset import REGRESSION_FILE, ChatDataset, DatasetOptions, LogFilters, build_dataset
 from training.finetune import Progress, TrainingError, finetune
 from training.formats import read_chats
 from training.recipe import Recipe
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 ROUTING_EXAMPLES = 20
 PHASES = ("dataset", "training", "evaluating", "installing", "done")
@@ -87,7 +87,7 @@ def parse_request(data: dict[str, Any]) -> TrainRequest:
     """A request from the CLI or the HTTP body, or one clear error line naming the field."""
     from pydantic import ValidationError
 
-    from bot.errors import InvalidRequestError
+    from core.errors import InvalidRequestError
 
     try:
         return TrainRequest.model_validate(data)
@@ -123,15 +123,19 @@ PhaseFn = Callable[[str, Progress | None], None]
 
 
 def train_adapter(
-    runtime: "Runtime",
     request: TrainRequest,
     *,
+    settings: Settings,
+    registry: Registry,
+    log: ConversationLog | None = None,
     run_id: str | None = None,
     on_progress: PhaseFn | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run one training and return its report; installs the candidate only when the gate lets it through."""
-    settings = runtime.settings
+    """Run one training and return its report; installs the candidate only when the gate lets it through.
+
+    ``log`` is read when the request trains from the conversation log.
+    """
     settings.runs_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(settings.runs_dir / ".training.lock"))
     try:
@@ -149,11 +153,11 @@ def train_adapter(
             on_progress(name, progress)
 
     try:
-        live = _live(runtime, request.adapter)
+        live = _live(registry, request.adapter)
 
         phase("dataset")
         system_prompt = _system_prompt(live, request)
-        dataset = _build(runtime, request, system_prompt)
+        dataset = _build(settings, log, request, system_prompt)
         dataset.write(run_dir / "dataset")
         report["dataset"] = dataset.card.to_dict()
         golden = None
@@ -189,8 +193,8 @@ def train_adapter(
         phase("evaluating")
         evaluation = evaluate_candidate(settings, result.adapter_dir, live, dataset.held_out, golden, system_prompt)
         report["evaluation"] = evaluation
-        from training.gate import decide
         from training.evaluate import LossReport
+        from training.gate import decide
 
         decision = decide(
             {k: LossReport(**v) for k, v in evaluation["held_out"].items()},
@@ -203,7 +207,7 @@ def train_adapter(
         report["installed"] = None
         if decision.install:
             phase("installing")
-            manifest = runtime.registry.install(
+            manifest = registry.install(
                 result.adapter_dir,
                 request.adapter,
                 **_manifest_fields(live, request, dataset.questions),
@@ -228,13 +232,15 @@ def train_adapter(
         lock.release()
 
 
-def preview_dataset(runtime: "Runtime", request: TrainRequest) -> dict[str, Any]:
+def preview_dataset(
+    request: TrainRequest, *, settings: Settings, registry: Registry, log: ConversationLog | None = None
+) -> dict[str, Any]:
     """The dataset card a run of ``request`` would train on (counts, dropped, scrubbed), built without training.
 
     Operators check their filters with it before spending minutes of training;
     it builds the dataset exactly as a run does, so the counts are the run's.
     """
-    return _build(runtime, request, _system_prompt(_live(runtime, request.adapter), request)).card.to_dict()
+    return _build(settings, log, request, _system_prompt(_live(registry, request.adapter), request)).card.to_dict()
 
 
 def _system_prompt(live, request: TrainRequest) -> str | None:
@@ -242,10 +248,10 @@ def _system_prompt(live, request: TrainRequest) -> str | None:
     return live.system_prompt if live and live.system_prompt else request.system_prompt
 
 
-def _build(runtime: "Runtime", request: TrainRequest, system_prompt: str | None) -> ChatDataset:
+def _build(settings: Settings, log: ConversationLog | None, request: TrainRequest, system_prompt: str | None) -> ChatDataset:
     """The request's log filters and preparation options applied to the log and its data files."""
     options = DatasetOptions.from_defaults(
-        runtime.settings.training,
+        settings.training,
         include_sources=request.include_sources,
         system_prompt=system_prompt,
         min_answer_chars=request.min_answer_chars,
@@ -259,17 +265,19 @@ def _build(runtime: "Runtime", request: TrainRequest, system_prompt: str | None)
         since=request.since,
         until=request.until,
     )
+    if request.from_logs and log is None:
+        raise ValueError("a request that trains from the conversation log needs the log")
     return build_dataset(
-        log=runtime.log if request.from_logs else None,
+        log=log if request.from_logs else None,
         filters=filters if request.from_logs else None,
         files=[Path(p) for p in request.data],
         options=options,
     )
 
 
-def _live(runtime: "Runtime", name: str):
+def _live(registry: Registry, name: str):
     try:
-        return runtime.registry.get(name)
+        return registry.get(name)
     except NotFoundError:
         return None
 
@@ -336,7 +344,9 @@ def evaluate_candidate(settings, candidate: Path | None, live, held_out, golden,
     return evaluation
 
 
-def evaluate_adapter(runtime: "Runtime", name: str, *, golden: Path | None = None, data: Path | None = None) -> dict[str, Any]:
+def evaluate_adapter(
+    name: str, *, settings: Settings, registry: Registry, golden: Path | None = None, data: Path | None = None
+) -> dict[str, Any]:
     """The evaluation report of an installed adapter's current version against the base.
 
     Held-out chats come from ``data`` or, for a trained adapter, from the
@@ -344,14 +354,14 @@ def evaluate_adapter(runtime: "Runtime", name: str, *, golden: Path | None = Non
     """
     from collections import Counter
 
-    from bot.errors import InvalidRequestError
+    from core.errors import InvalidRequestError
     from training.evaluate import read_golden
 
-    manifest = runtime.registry.get(name)
+    manifest = registry.get(name)
     held_out_file = data
     run_id = manifest.provenance.get("run_id")
     if held_out_file is None and run_id:
-        candidate = runtime.settings.runs_dir / run_id / "dataset" / "held_out.jsonl"
+        candidate = settings.runs_dir / run_id / "dataset" / "held_out.jsonl"
         held_out_file = candidate if candidate.is_file() else None
     held_out = []
     if held_out_file is not None:
@@ -360,7 +370,7 @@ def evaluate_adapter(runtime: "Runtime", name: str, *, golden: Path | None = Non
         if not held_out:
             raise InvalidRequestError(f"{held_out_file}: no usable chats")
     cases = read_golden(golden) if golden else None
-    evaluation = evaluate_candidate(runtime.settings, None, manifest, held_out, cases, manifest.system_prompt or None)
+    evaluation = evaluate_candidate(settings, None, manifest, held_out, cases, manifest.system_prompt or None)
     return {
         "adapter": manifest.name,
         "version": manifest.version,

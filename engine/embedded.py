@@ -1,14 +1,14 @@
 """One base model, many LoRA adapters, batched generation.
 
 The base loads once. Adapters are loaded into slots of the base's linear
-layers (:mod:`bot.lora`) under keys ``NAME__vN`` (so a new version never reuses
+layers (:mod:`engine.lora`) under keys ``NAME__vN`` (so a new version never reuses
 stale weights) and chosen per row: there is no global "active adapter" that one
 caller could switch under another. At most ``max_resident_adapters`` stay
 loaded; the least recently used are unloaded (their slot is reused) and
 reloaded from their folder on demand. Adapters of rows being decoded are held
 and never evicted.
-Decoding goes through :class:`bot.batch.Batch`, the same running batch the
-scheduler (:mod:`bot.scheduler`) feeds continuously.
+Decoding goes through :class:`engine.batch.Batch`, the same running batch the
+scheduler (:mod:`engine.scheduler`) feeds continuously.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import torch
 from jinja2 import TemplateError
 
 from adapters.manifest import BaseFingerprint, Manifest
-from bot.base_model import LoadedBase, fingerprint_of, load_base
-from bot.batch import Batch
-from bot.decoding import DecodeRow, Generation, GenerationRequest
-from bot.errors import InvalidAdapterError, InvalidRequestError
-from bot.lora import AdapterSlots
-from bot.prefix_cache import Layers, PrefixCache
-from bot.sampling import GenerationOptions
-from bot.settings import Settings
+from core.errors import InvalidAdapterError, InvalidRequestError
+from core.settings import Settings
+from engine.base_model import LoadedBase, fingerprint_of, load_base
+from engine.batch import Batch
+from engine.decoding import DecodeRow, Generation, GenerationRequest
+from engine.lora import AdapterSlots
+from engine.prefix_cache import Layers, PrefixCache
+from engine.sampling import GenerationOptions
 
 log = logging.getLogger(__name__)
 
