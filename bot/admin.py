@@ -24,9 +24,11 @@ from typing import IO, TYPE_CHECKING, Any
 from adapters.manifest import Manifest
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
 from core.errors import InvalidRequestError, LockedError, NotFoundError, SwitchboardError
+from knowledge.passage import Passage
 
 if TYPE_CHECKING:
     from bot.parts import Parts
+    from training.train import TrainRequest
 
 Upload = tuple[str, "IO[bytes] | Path"]
 COPY_CHUNK = 1 << 20
@@ -82,6 +84,13 @@ class Admin:
         return self.parts.settings.server.max_upload_bytes
 
     # ---- adapters
+
+    def adapters(self) -> list[Manifest]:
+        """Every installed adapter's current version, enabled or not."""
+        return self.parts.registry.list()
+
+    def adapter_names(self) -> list[str]:
+        return self.parts.registry.names()
 
     def install_adapter(
         self,
@@ -224,6 +233,17 @@ class Admin:
 
     # ---- knowledge
 
+    def collections(self) -> list[dict[str, Any]]:
+        """[{name, documents, chunks}] of every knowledge collection."""
+        return self.parts.knowledge.list_collections()
+
+    def documents(self, collection: str) -> list[dict[str, Any]]:
+        return self.parts.knowledge.list_documents(collection)
+
+    def search(self, query: str, collections: list[str]) -> list[Passage]:
+        """What retrieval finds for ``query``, for an operator checking a collection (unknown names are errors)."""
+        return self.parts.knowledge.search(query, collections)
+
     def ingest(
         self, uploads: list[Upload], collection: str, progress: bool = False, replace: bool = False
     ) -> dict[str, Any]:
@@ -243,6 +263,32 @@ class Admin:
 
     def remove_document(self, source: str, collection: str) -> dict[str, Any]:
         return self.parts.knowledge.remove(source, collection)
+
+    # ---- feedback an operator vouches for
+
+    def untrusted_feedback(self) -> list[dict[str, Any]]:
+        """Ratings sent without the answer's feedback token, waiting for an operator."""
+        return self.parts.log.untrusted_feedback()
+
+    def accept_feedback(self, message_id: str) -> int:
+        """Trust the untrusted ratings of one answer; the count accepted."""
+        return self.parts.log.accept_feedback(message_id)
+
+    # ---- training
+
+    def start_training(self, request: TrainRequest | dict[str, Any]) -> str:
+        """Start a background run (one at a time) and return its id at once."""
+        return self.parts.training_runs.start(request)
+
+    def training_status(self, run_id: str) -> dict[str, Any]:
+        return self.parts.training_runs.status(run_id)
+
+    def preview_training(self, request: TrainRequest) -> dict[str, Any]:
+        """The dataset card a run of ``request`` would train on, built without training."""
+        from training.train import preview_dataset
+
+        parts = self.parts
+        return preview_dataset(request, settings=parts.settings, registry=parts.registry, log=parts.log)
 
     # ---- staging
 

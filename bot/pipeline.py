@@ -274,6 +274,29 @@ class Pipeline:
             checks=report,
         )
 
+    def route(self, message: str, previous: str | None = None) -> Route:
+        """Where ``message`` would go under 'auto', with every score (the UI's routing preview)."""
+        return self.dispatcher.route(message, previous)
+
+    def adapters(self) -> list[Manifest]:
+        """The adapters a chat may name: every enabled one."""
+        return [m for m in self.dispatcher.registry.list() if m.enabled]
+
+    # ---- feedback: whoever received an answer may rate it (the feedback token proves it)
+
+    def rate(
+        self, message_id: str, rating: str, comment: str | None = None, correction: str | None = None, *, trusted: bool = True
+    ) -> None:
+        """Rate an answer; a correction is the answer it should have been. Untrusted ratings wait for an operator."""
+        self.log.add_feedback(message_id, rating, comment=comment, correction=correction, trusted=trusted)
+
+    def feedback_token(self, message_id: str) -> str:
+        """The token that makes a rating of this answer trusted; given only to whoever received the answer."""
+        return self.log.feedback_token(message_id)
+
+    def check_feedback_token(self, message_id: str, token: str) -> bool:
+        return self.log.check_feedback_token(message_id, token)
+
     def stream(self, turn: PreparedTurn) -> "TurnStream":
         """Iterate text pieces as they are generated; the finished turn is ``.result`` afterwards."""
         return TurnStream(self, turn)
