@@ -13,7 +13,9 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.6" || e
 run: $(STAMP)
 	$(BIN)/switchboard bootstrap && $(BIN)/switchboard serve
 
+# The layering contract first (seconds), then every test; `pytest -m "not slow"` is the quick subset for development.
 test: $(STAMP) $(BROWSER_STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 install: $(STAMP)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bot.parts import Parts  # noqa: E402
-from bot.pipeline import PreparedTurn, TurnRequest  # noqa: E402
+from bot.turn import PreparedTurn, TurnRequest  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from knowledge.grounding import GroundingConfig, audit_answer, ground_answer  # noqa: E402
 from knowledge.passage import Passage  # noqa: E402
@@ -113,7 +113,10 @@ def ask(parts: Parts, question: Question, cache: dict) -> tuple[PreparedTurn, st
     turn = parts.pipeline.prepare(TurnRequest(question.question))
     key = (turn.adapter, json.dumps(turn.messages), turn.no_answer)
     if key not in cache:
-        result = parts.pipeline.complete(turn)
+        stream = parts.pipeline.stream(turn)
+        for _ in stream:
+            pass
+        result = stream.result
         cache[key] = (result.answer, time.perf_counter() - started)
     answer, seconds = cache[key]
     return turn, answer, seconds

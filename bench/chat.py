@@ -32,7 +32,7 @@ import httpx  # noqa: E402
 from bench.common import sse_chunks  # noqa: E402
 from bot.api import create_app, warm  # noqa: E402
 from bot.parts import Parts  # noqa: E402
-from bot.pipeline import STAGES, TurnRequest  # noqa: E402
+from bot.turn import STAGES, TurnRequest  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from engine.base_model import resolve_base_model  # noqa: E402
 from engine.decoding import GenerationRequest  # noqa: E402

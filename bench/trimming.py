@@ -33,7 +33,7 @@ def history_of(size: int) -> list[dict]:
 
 def rerendering_trim(engine, history: list[dict], room: int) -> list[dict]:
     """The loop trimming used to run: one full rendering per dropped pair."""
-    while history and engine.count_tokens(build_messages(MESSAGE, [], None, history)) > room:
+    while history and len(engine.render(build_messages(MESSAGE, [], None, history))) > room:
         history = history[2:]
     return build_messages(MESSAGE, [], None, history)
 

@@ -32,7 +32,8 @@ from bot.admin import check_token, split_commas, split_lines
 from bot.guards import ERROR_TYPES, AllowedMethods, BodyLimit, SameOrigin, UploadGate, error_response, is_loopback_name
 from bot.openapi import OPTIONAL_AUTH, chat_body, error_responses, install_schema, json_body, multipart_body
 from bot.parts import Parts
-from bot.pipeline import TurnRequest, TurnResult, TurnStream
+from bot.turn import TurnRequest, TurnResult
+from bot.turn_stream import TurnStream
 from core.errors import (
     BusyError,
     ConfigError,

@@ -26,6 +26,10 @@ class GenerationRequest:
     cancel: threading.Event | None = field(
         default=None, metadata={"help": "Set by the caller (a client that went away) to stop the row before the next step."}
     )
+    prompt_ids: list[int] | None = field(
+        default=None,
+        metadata={"help": "The messages already rendered with the chat template (the pipeline measured them); None renders."},
+    )
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -188,14 +186,12 @@ class Engine:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        return len(self.render(messages))
-
-    def prepare(self, request: GenerationRequest) -> DecodeRow:
-        """Check a request and render its prompt; its adapter may be evicted now and reloaded when it runs."""
+    def new_row(self, request: GenerationRequest) -> DecodeRow:
+        """A request's decoding row, its answer budget cut to the context window; its adapter may be evicted now
+        and reloaded when it runs."""
         if request.adapter is not None and request.adapter not in self._folders:
             raise InvalidRequestError(f"adapter {request.adapter!r} is not loaded")
-        prompt_ids = self.render(request.messages)
+        prompt_ids = request.prompt_ids if request.prompt_ids is not None else self.render(request.messages)
         budget = self.context_window - len(prompt_ids)
         if budget < 1:
             raise InvalidRequestError(
@@ -273,7 +269,7 @@ class Engine:
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Decode all requests in one batch; each row keeps its own adapter, options and stream."""
-        rows = [self.prepare(r) for r in requests]
+        rows = [self.new_row(r) for r in requests]
         with self.lock:
             batch = Batch(self)
             try:
@@ -293,28 +289,6 @@ class Engine:
     ) -> Generation:
         request = GenerationRequest(messages, adapter, options or self.default_options(), on_text)
         return self.generate_batch([request])[0]
-
-    def stream(
-        self, messages: list[dict], adapter: str | None = None, options: GenerationOptions | None = None
-    ) -> Iterator[str]:
-        """Yield text pieces as they are generated; the decoding runs in a worker thread."""
-        pieces: queue.Queue = queue.Queue()
-        done = object()
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                self.generate(messages, adapter, options, on_text=pieces.put)
-            except BaseException as exc:  # re-raised in the caller's thread
-                failure.append(exc)
-            finally:
-                pieces.put(done)
-
-        threading.Thread(target=work, daemon=True).start()
-        while (piece := pieces.get()) is not done:
-            yield piece
-        if failure:
-            raise failure[0]
 
     def default_options(self, **overrides) -> GenerationOptions:
         return GenerationOptions.from_defaults(self.settings.generation, **overrides)

@@ -25,13 +25,14 @@ its adapter and those of every running row fit within the residency limit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 
 from core.errors import BusyError, GenerationError, SwitchboardError
@@ -46,7 +47,8 @@ _END = object()
 
 
 class Ticket:
-    """One submitted request: iterate it for text pieces, or block on :meth:`result`."""
+    """One submitted request: iterate it for text pieces (``for``, or :meth:`pieces` on an event loop), or block on
+    :meth:`result`. Its queue is the only one between the decoding thread and the reader."""
 
     def __init__(self, request: GenerationRequest, withdraw: Callable[[Ticket], None]) -> None:
         self.request = request
@@ -60,6 +62,7 @@ class Ticket:
         self._generation: Generation | None = None
         self._error: BaseException | None = None
         self._withdraw = withdraw
+        self._wake: Callable[[], None] | None = None  # set by an event-loop reader (:meth:`pieces`)
 
     @property
     def done(self) -> bool:
@@ -81,6 +84,31 @@ class Ticket:
         if self._error is not None:
             raise self._error
 
+    async def pieces(self) -> AsyncIterator[str]:
+        """The text pieces, awaited on the caller's event loop: no thread waits for them."""
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(arrived.set)
+            except RuntimeError:  # the reader's loop has closed; nobody is listening
+                pass
+
+        self._wake = wake
+        while True:
+            arrived.clear()
+            try:
+                piece = self._pieces.get_nowait()
+            except queue.Empty:
+                await arrived.wait()
+                continue
+            if piece is _END:
+                break
+            yield piece
+        if self._error is not None:
+            raise self._error
+
     def result(self, timeout: float | None = None) -> Generation:
         """The finished generation (``finish_reason="cancelled"`` after :meth:`cancel`); re-raises a failure."""
         if not self._finished.wait(timeout):
@@ -94,7 +122,7 @@ class Ticket:
     def _text(self, piece: str) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        self._pieces.put(piece)
+        self._put(piece)
         if self.request.on_text is not None:
             try:
                 self.request.on_text(piece)
@@ -105,8 +133,13 @@ class Ticket:
     def _finish(self, generation: Generation | None = None, error: BaseException | None = None) -> None:
         self._generation, self._error = generation, error
         self.finished_at = time.perf_counter()
-        self._pieces.put(_END)
         self._finished.set()
+        self._put(_END)
+
+    def _put(self, item: object) -> None:
+        self._pieces.put(item)
+        if self._wake is not None:
+            self._wake()
 
 
 class Scheduler:
@@ -162,7 +195,7 @@ class Scheduler:
         """Queue a request; raises BusyError when the queue is full, or a request error before queueing."""
         ticket = Ticket(request, self._withdraw)
         # A bad request fails here, in the caller's thread, before it takes a place in the queue.
-        row = self.engine.prepare(replace(request, on_text=ticket._text))
+        row = self.engine.new_row(replace(request, on_text=ticket._text))
         with self._wake:
             if not self.alive:
                 raise BusyError("the generation scheduler is not running", retry_after=5.0)

@@ -17,7 +17,7 @@ import pytest
 from cli import switchboard
 
 from bot.parts import Parts
-from bot.pipeline import TurnRequest
+from bot.turn import TurnRequest
 
 # The first test carries the module's bootstrap: two demo adapters trained and evaluated, about 10 minutes on
 # 2 cores, too close to the suite-wide 900 s limit for a slower machine.

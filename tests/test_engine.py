@@ -172,7 +172,8 @@ def test_concurrent_callers_get_their_own_adapter(engine, two_adapters):
 def test_streaming_stop_strings_and_max_tokens(engine):
     options = greedy(engine, 30)
     full = engine.generate(PROMPTS[0], None, options)
-    pieces = list(engine.stream(PROMPTS[0], None, options))
+    pieces: list[str] = []
+    engine.generate(PROMPTS[0], None, options, on_text=pieces.append)
     assert len(pieces) > 3 and "".join(pieces).strip() == full.text
     word = full.text.split()[3]
     stopped = engine.generate(PROMPTS[0], None, options.model_copy(update={"stop": [word]}))

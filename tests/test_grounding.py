@@ -12,7 +12,7 @@ import sqlite3
 
 import pytest
 
-from bot.pipeline import TurnRequest
+from bot.turn import TurnRequest
 from core.sections import GroundingConfig
 from knowledge.grounding import audit_answer, ground_answer
 from knowledge.grounding.facts import extract_facts, source_facts

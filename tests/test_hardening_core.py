@@ -414,7 +414,7 @@ def test_dropped_streams_and_requests_free_their_rows_and_the_next_request_is_se
 def test_a_huge_history_is_trimmed_keeping_the_most_that_fits(live_server):
     """3,200 messages took 370 s when each dropped pair re-rendered the prompt; bench/trimming.py measures the
     linear trim (0.41 s), this test what it keeps."""
-    from bot.pipeline import TurnRequest
+    from bot.turn import TurnRequest
     from knowledge.prompt import build_messages
 
     parts = live_server.parts
@@ -427,9 +427,9 @@ def test_a_huge_history_is_trimmed_keeping_the_most_that_fits(live_server):
     kept = turn.messages[1:-1]
     assert kept and kept == history[len(history) - len(kept):]  # the newest messages stay, whole pairs
     room = engine.context_window - min(turn.options.max_new_tokens, engine.context_window // 2)
-    assert engine.count_tokens(turn.messages) <= room
+    assert len(engine.render(turn.messages)) <= room
     one_more = history[len(history) - len(kept) - 2:]
-    assert engine.count_tokens(build_messages("Summarise our chat.", [], turn.system_prompt, one_more)) > room
+    assert len(engine.render(build_messages("Summarise our chat.", [], turn.system_prompt, one_more))) > room
 
 
 # ---- interrupted installs: debris is cleaned and never a rollback target -----------------------------------------

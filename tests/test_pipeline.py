@@ -11,7 +11,7 @@ import json
 import pytest
 from cli import switchboard
 
-from bot.pipeline import TurnRequest
+from bot.turn import TurnRequest
 from core.errors import InvalidRequestError, NotFoundError
 from tests.conftest import demo_manifest
 
@@ -82,7 +82,7 @@ def test_long_history_is_trimmed_to_the_context_window(chat_parts, pipeline):
     assert 1 < len(turn.messages) < len(history) + 2
     assert turn.messages[-1]["content"] == "Summarise our chat."
     assert turn.messages[1]["role"] == "user"  # whole exchanges are dropped, oldest first
-    assert engine.count_tokens(turn.messages) + turn.options.max_new_tokens <= engine.context_window
+    assert len(engine.render(turn.messages)) + turn.options.max_new_tokens <= engine.context_window
 
 
 def test_bad_turns_are_refused_before_generating(chat_parts, pipeline):

@@ -112,7 +112,7 @@ def test_rows_prefill_after_their_cached_system_prompt_and_match_a_full_pass(eng
     for (messages, adapter), result in zip(jobs, results):  # each checked against one pass over its whole prompt
         assert_greedy(engine, messages, adapter, result, 1.2)
     assert (len(cache) - entries, cache.misses - misses, cache.hits - hits) == (4, 4, 1)
-    assert all(engine.prepare(GenerationRequest(m, a, options(engine, 1))).prefix_length > 0 for m, a in jobs)
+    assert all(engine.new_row(GenerationRequest(m, a, options(engine, 1))).prefix_length > 0 for m, a in jobs)
     # Cold or warm, a prefix gives the same answer: a new system prompt, asked twice alone.
     fresh = with_system("Answer in the voice of a librarian.", PROMPTS[1])
     cold, warm = (engine.generate(fresh, adapters[2], options(engine, 12)) for _ in range(2))

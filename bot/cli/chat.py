@@ -24,7 +24,7 @@ def chat(
 ) -> None:
     """Answer one message (routed, grounded and logged) and print it; --json adds adapter, sources, ids and the
     feedback_token that makes a rating of this answer over HTTP trusted."""
-    from bot.pipeline import TurnRequest
+    from bot.turn import TurnRequest
     from engine.threads import reserve_for_workers
 
     reserve_for_workers()  # the pipeline decodes in the scheduler's thread, on every core
