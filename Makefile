@@ -32,7 +32,7 @@ $(BROWSER_STAMP):
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) || sudo apt-get install -y -q chromium
 	touch $@
 
-# bench/common.py and bench/load.py are shared pieces, not benchmarks.
+# bench/prompts.py, bench/sse.py, bench/timing.py and bench/load.py are shared pieces, not benchmarks.
 BENCHMARKS := adapters knowledge router chat serving training answers export
 
 # bench/answers.py asks the demo adapters that `switchboard bootstrap` installs (cached after the first run).

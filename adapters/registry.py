@@ -30,21 +30,13 @@ from filelock import FileLock
 from adapters.manifest import NAME_PATTERN, BaseFingerprint, Manifest, check_name
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE, AdapterLimits, validate_adapter
 from core.errors import InvalidAdapterError, NotFoundError
+from core.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 REVISION_FILE = "REVISION"
 STAGING_DIR = ".staging"
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _process_alive(pid: int) -> bool:
@@ -195,7 +187,7 @@ class Registry:
             state = self._state(name)
             if state is None:
                 raise NotFoundError(f"no adapter named {name!r}")
-            _write_json_atomic(self.root / name / STATE_FILE, {**state, **changes})
+            write_json_atomic(self.root / name / STATE_FILE, {**state, **changes})
             self._bump()
 
     def adapter_dir(self, name: str, version: int | None = None) -> Path:
@@ -255,7 +247,7 @@ class Registry:
                 target = self.root / name / f"v{version}"
                 stage.rename(target)
                 state = {"current": version, "status": previous.get("status", "enabled"), "versions": [*installed, version]}
-                _write_json_atomic(self.root / name / STATE_FILE, state)
+                write_json_atomic(self.root / name / STATE_FILE, state)
                 self._bump()
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -278,7 +270,7 @@ class Registry:
             if not older:
                 raise NotFoundError(f"adapter {name!r} has no version before v{current.version} to roll back to")
             state = self._state(name) or {}
-            _write_json_atomic(self.root / name / STATE_FILE, {**state, "current": older[-1]})
+            write_json_atomic(self.root / name / STATE_FILE, {**state, "current": older[-1]})
             self._bump()
         return self.get(name)
 
@@ -308,6 +300,6 @@ class Registry:
                     raise InvalidAdapterError(f"v{version} of {name!r} is being served; roll back or install another first")
                 state = self._state(name) or {}
                 kept = [v for v in self._versions(name, state) if v != version]
-                _write_json_atomic(self.root / name / STATE_FILE, {**state, "versions": kept})
+                write_json_atomic(self.root / name / STATE_FILE, {**state, "versions": kept})
                 shutil.rmtree(self.root / name / f"v{version}")
             self._bump()

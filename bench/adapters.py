@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import AutoConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from bench.common import PROMPTS, median_seconds  # noqa: E402
+from bench.prompts import PROMPTS  # noqa: E402
+from bench.timing import median_seconds  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from engine.base_model import load_base, resolve_base_model  # noqa: E402
 from engine.decoding import GenerationRequest  # noqa: E402

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.common import sse_chunks  # noqa: E402
+from bench.sse import sse_chunks  # noqa: E402
 from bot.api import create_app, warm  # noqa: E402
 from bot.parts import Parts  # noqa: E402
 from bot.turn import STAGES, TurnRequest  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PROMPTS  # noqa: E402
+from bench.prompts import PROMPTS  # noqa: E402
 
 # (label, format, dtype); the float32 merged model is the reference of the quality rows.
 EXPORTS = [

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import PROMPTS, sse_chunks
+from bench.prompts import PROMPTS
+from bench.sse import sse_chunks
 
 ZIPF_S = 1.0
 

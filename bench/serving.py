@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.common import PROMPTS  # noqa: E402
+from bench.prompts import PROMPTS  # noqa: E402
 from bench.load import Load, LoadGenerator, RoundRobin, Zipf, chat  # noqa: E402
 from bot.api import create_app, warm  # noqa: E402
 from bot.parts import Parts  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import median_seconds  # noqa: E402
+from bench.timing import median_seconds  # noqa: E402
 from bot.parts import Parts  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from knowledge.prompt import build_messages  # noqa: E402

@@ -10,7 +10,6 @@ knowledge base) so it is live without a restart.
 from __future__ import annotations
 
 import hmac
-import os
 import re
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 from adapters.manifest import Manifest
 from adapters.validation import CONFIG_FILE, WEIGHTS_FILE
 from core.errors import InvalidRequestError, LockedError, NotFoundError, SwitchboardError
+from core.files import atomic_path
 from knowledge.passage import Passage
 
 if TYPE_CHECKING:
@@ -218,17 +218,10 @@ class Admin:
         archive = self._archive_path(export_id)
         if not archive.is_file():
             folder = self.exports_dir / export_id
-            fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}-", dir=self.exports_dir)
-            os.close(fd)
-            try:
-                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as bundle:
-                    for path in sorted(folder.rglob("*")):
-                        if path.is_file():
-                            bundle.write(path, f"{export_id}/{path.relative_to(folder)}")
-                os.replace(tmp, archive)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as bundle:
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file():
+                        bundle.write(path, f"{export_id}/{path.relative_to(folder)}")
         return archive
 
     # ---- knowledge

@@ -16,7 +16,7 @@ from adapters.manifest import Manifest
 from adapters.registry import Registry
 from bot.router import AUTO, BASE, Route, Router
 from core.sections import KnowledgeConfig
-from knowledge.base import KnowledgeBase
+from knowledge.knowledge_base import KnowledgeBase
 from knowledge.passage import Passage
 
 

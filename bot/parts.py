@@ -64,7 +64,7 @@ class Parts:
 
     @cached_property
     def knowledge(self):
-        from knowledge.base import KnowledgeBase
+        from knowledge.knowledge_base import KnowledgeBase
 
         return KnowledgeBase(self.settings, self.encoder, read_only=self.read_only_knowledge)
 

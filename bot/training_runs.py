@@ -18,10 +18,11 @@ from typing import Any
 from adapters.registry import Registry
 from conversations.log import ConversationLog
 from core.errors import LockedError, NotFoundError, SwitchboardError
+from core.files import write_json_atomic
 from core.settings import Settings
 from engine.threads import use_all
 from training.finetune import Progress
-from training.train import TrainRequest, new_run_id, parse_request, run_outcome, train_adapter, write_json_atomic
+from training.train import TrainRequest, new_run_id, parse_request, run_outcome, train_adapter
 
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")  # rejected: the gate said no
 

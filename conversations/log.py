@@ -9,7 +9,7 @@ and writers that queue on SQLite's own lock poll it with sleeps of up to tens
 of milliseconds, which the answers that finish in the same decoding step and
 log together would wait through (4 at once: 22 against 4 ms at the 95th
 percentile). Reads open a connection of their own. The schema only grows
-through the named migrations at the bottom of this module, each recorded in
+through the named migrations of :mod:`conversations.migrations`, each recorded in
 ``_migrations`` once applied.
 
 Each assistant message keeps what is needed to rebuild the exact prompt it
@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import hmac
 import json
-import secrets
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -33,6 +32,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from conversations.migrations import migrate
 from core.errors import InvalidRequestError, NotFoundError
 
 BUSY_TIMEOUT_MS = 30_000
@@ -376,94 +376,3 @@ class ConversationLog:
             created_at=row["created_at"],
             checks=json.loads(row["checks"]) if row["checks"] else None,
         )
-
-
-# --- schema migrations: append new ones, never edit an applied one ----------------------------
-
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = []
-
-
-def migration(fn: Migration) -> Migration:
-    MIGRATIONS.append(fn)
-    return fn
-
-
-def migrate(db: sqlite3.Connection) -> list[str]:
-    """Apply the migrations this database has not seen, in order, each recorded in ``_migrations``.
-
-    The check and the changes share one write transaction, so two processes
-    opening a new log at once cannot both apply a migration.
-    """
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-        done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
-        applied = []
-        for fn in MIGRATIONS:
-            if fn.__name__ in done:
-                continue
-            fn(db)
-            db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, _now()))
-            applied.append(fn.__name__)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    return applied
-
-
-@migration
-def m001_initial(db: sqlite3.Connection) -> None:
-    db.execute(
-        "CREATE TABLE conversations (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
-    )
-    db.execute(
-        """CREATE TABLE messages (
-            id TEXT PRIMARY KEY,
-            conversation_id TEXT NOT NULL REFERENCES conversations(id),
-            seq INTEGER NOT NULL,
-            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-            content TEXT NOT NULL,
-            reply_to TEXT REFERENCES messages(id),
-            system_prompt TEXT,
-            adapter TEXT,
-            adapter_version INTEGER,
-            confidence REAL,
-            sources TEXT,
-            latency_ms REAL,
-            prompt_tokens INTEGER,
-            completion_tokens INTEGER,
-            created_at TEXT NOT NULL,
-            UNIQUE (conversation_id, seq)
-        )"""
-    )
-    db.execute("CREATE INDEX messages_adapter ON messages (adapter, created_at)")
-    db.execute(
-        """CREATE TABLE feedback (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            message_id TEXT NOT NULL REFERENCES messages(id),
-            rating TEXT NOT NULL CHECK (rating IN ('up', 'down')),
-            comment TEXT,
-            correction TEXT,
-            created_at TEXT NOT NULL
-        )"""
-    )
-    db.execute("CREATE INDEX feedback_message ON feedback (message_id, id)")
-
-
-@migration
-def m002_route_and_checks(db: sqlite3.Connection) -> None:
-    """Each answer keeps its routing decision (with the retrieval signal) and how it fared against its sources."""
-    db.execute("ALTER TABLE messages ADD COLUMN route TEXT")
-    db.execute("ALTER TABLE messages ADD COLUMN checks TEXT")
-
-
-@migration
-def m003_feedback_trust(db: sqlite3.Connection) -> None:
-    """Feedback carries whether it is trusted (feedback from before this migration is), and the key of the
-    feedback tokens lives with the log, so every process that shares the log hands out the same tokens."""
-    db.execute("ALTER TABLE feedback ADD COLUMN trusted INTEGER NOT NULL DEFAULT 1")
-    db.execute("ALTER TABLE feedback ADD COLUMN accepted_at TEXT")
-    db.execute("CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    db.execute("INSERT INTO secrets (name, value) VALUES ('feedback', ?)", (secrets.token_hex(32),))

@@ -7,7 +7,7 @@ which import :mod:`core.sections`, does not import Chroma or BM25.
 from __future__ import annotations
 
 _PUBLIC = {
-    "KnowledgeBase": "knowledge.base",
+    "KnowledgeBase": "knowledge.knowledge_base",
     "IngestReport": "knowledge.ingest",
     "Passage": "knowledge.passage",
     "SentenceEncoder": "knowledge.embeddings",

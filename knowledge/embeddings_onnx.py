@@ -21,12 +21,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from core.files import atomic_path
 
 # Mixed scripts and lengths: the check must see padding, [UNK] and more than one batch row.
 PROBE = ["How long is the warranty on a backpack?", "退货运费怎么算？", "ok"]
@@ -90,28 +91,23 @@ def export(model, folder: Path) -> Path:
     features = model.preprocess(PROBE)
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in features]
     folder.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=folder, suffix=".onnx.partial")
-    os.close(handle)
     axes = {name: {0: "batch", 1: "tokens"} for name in names}
     try:
-        with torch.inference_mode(), warnings.catch_warnings():
+        with atomic_path(graph, suffix=".partial") as partial, torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python branches the probe already fixes
             torch.onnx.export(  # dynamo=False: the TorchScript exporter needs onnx alone, not onnxscript
                 _Forward(model, names).eval(),
                 tuple(features[name] for name in names),
-                partial,
+                str(partial),
                 input_names=names,
                 output_names=["sentence_embedding"],
                 dynamic_axes={**axes, "sentence_embedding": {0: "batch"}},
                 opset_version=17,
                 dynamo=False,
             )
-        os.chmod(partial, 0o644)
-        os.replace(partial, graph)
+            os.chmod(partial, 0o644)
     except Exception as exc:  # torch.onnx raises many types; each means "this model does not export"
         raise OnnxExportError(f"could not export {type(model).__name__} to ONNX: {exc}") from exc
-    finally:
-        Path(partial).unlink(missing_ok=True)
     return graph
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from knowledge.chunking import Chunk, Chunker
+from knowledge.lexical import DocumentRecord
 from knowledge.loaders import LoadedDocument, UnreadableDocument
 
 # Bump when loading or chunking changes what a file turns into, so re-ingesting re-chunks unchanged files.
@@ -62,6 +63,18 @@ def name_taken(record_origin: str, origin: str) -> bool:
     replaced as it always was.
     """
     return bool(record_origin) and (origin != record_origin or origin == UPLOAD)
+
+
+def name_taken_reason(name: str, record: DocumentRecord, uploaded: bool) -> str:
+    """Why a file of a taken name was skipped, and the three ways on; server paths are not shown."""
+    where = "uploaded" if record.origin == UPLOAD else "ingested from another folder"
+    flag = "ask to replace it ('Replace documents of the same name' in the UI, replace=true in the upload form)"
+    if not uploaded:
+        flag = "pass --replace to replace it"
+    return (
+        f"a different document named '{name}' is already in the collection ({where} {record.ingested_at}); "
+        f"rename this file to keep both, remove the old one first, or {flag}"
+    )
 
 
 def expand(paths: list[Path], report: IngestReport) -> list[Path]:

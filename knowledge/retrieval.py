@@ -30,7 +30,7 @@ only (what a query the embedding model cannot read gets).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -39,9 +39,13 @@ from knowledge.lexical import LexicalIndex
 from knowledge.passage import Passage
 from knowledge.store import ChromaStore
 
+if TYPE_CHECKING:
+    from knowledge.embeddings import Encoder
+
 Mode = Literal["hybrid", "dense", "lexical"]
 RRF_K = 60  # the constant of Cormack et al.; it damps the weight of the very first ranks
 STRONG_COVERAGE = 0.8  # lexical coverage that is relevant on its own, whatever the embeddings say
+MAX_UNKNOWN_SHARE = 0.2  # above this share of [UNK] tokens the encoder cannot read the query
 
 
 @dataclass
@@ -76,6 +80,23 @@ class _Candidate:
         if dense_read and coverage < STRONG_COVERAGE:
             coverage = 0.0
         return max(self.dense or 0.0, coverage, 1.0 if self.article else 0.0)
+
+
+def encoder_reads(encoder: "Encoder", text: str) -> bool:
+    """Whether the embedding model knows most of the text's tokens.
+
+    An English model such as all-MiniLM-L6-v2 maps most Chinese
+    characters to [UNK]: its similarities are then noise (a weather
+    question scores 0.48 against a refund policy), which would rank
+    unrelated chunks and defeat the relevance threshold. Such queries are
+    answered by the lexical side alone; a multilingual model passes.
+    """
+    tokenizer = getattr(encoder, "tokenizer", None)
+    unknown = getattr(tokenizer, "unk_token", None)
+    if unknown is None:
+        return True
+    tokens = tokenizer.tokenize(text[:2000])
+    return not tokens or tokens.count(unknown) / len(tokens) <= MAX_UNKNOWN_SHARE
 
 
 def hybrid_search(

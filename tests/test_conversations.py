@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conversations.log import MIGRATIONS, ConversationLog
+from conversations.log import ConversationLog
+from conversations.migrations import MIGRATIONS
 from core.errors import InvalidRequestError, NotFoundError
 
 SOURCES = [{"id": "kb:doc.md:0", "source": "doc.md", "section": "Returns", "text": "30 days.", "score": 0.8}]

@@ -401,7 +401,7 @@ def test_scrubbing_is_idempotent_and_removes_email_addresses(text, user):
 
 @pytest.fixture(scope="module")
 def chunker(chat_parts):
-    return chat_parts.knowledge._get_chunker()
+    return chat_parts.knowledge._writer.chunker
 
 
 def test_chunks_cover_any_text_within_the_budget(chunker):

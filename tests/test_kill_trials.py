@@ -189,7 +189,7 @@ def test_kill_9_mid_install_leaves_a_consistent_registry_and_no_debris(base_mode
 
 def test_kill_9_mid_ingest_leaves_a_collection_a_re_ingest_completes_without_duplicates(base_model_dir, encoder, tmp_path):
     from core.settings import load_settings
-    from knowledge.base import KnowledgeBase
+    from knowledge.knowledge_base import KnowledgeBase
 
     document = tmp_path / "handbook.md"
     document.write_text(

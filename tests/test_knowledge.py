@@ -12,7 +12,7 @@ import pytest
 from core.errors import LockedError, NotFoundError, SwitchboardError
 from core.settings import load_settings
 from knowledge.articles import referenced_articles
-from knowledge.base import KnowledgeBase
+from knowledge.knowledge_base import KnowledgeBase
 from knowledge.chunking import Chunker
 from knowledge.loaders import load_text
 

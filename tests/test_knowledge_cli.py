@@ -15,7 +15,7 @@ import pytest
 from cli import switchboard
 
 from core.settings import load_settings
-from knowledge.base import KnowledgeBase
+from knowledge.knowledge_base import KnowledgeBase
 
 
 def kb_cli(home: Path, *args: str) -> subprocess.CompletedProcess:

@@ -162,9 +162,9 @@ def test_interrupted_install_leaves_nothing(tmp_path, fingerprint, good_adapter)
         "import os, sys, adapters.registry as r\n"
         "from adapters.manifest import BaseFingerprint\n"
         "import json\n"
-        "real = r._write_json_atomic\n"
+        "real = r.write_json_atomic\n"
         "def die(*a, **k): os._exit(9)\n"
-        "r._write_json_atomic = die\n"  # the process dies exactly between the rename and the state switch
+        "r.write_json_atomic = die\n"  # the process dies exactly between the rename and the state switch
         f"fp = BaseFingerprint.from_dict(json.loads({json.dumps(json.dumps(fingerprint.to_dict()))}))\n"
         f"r.Registry({str(root)!r}, fp).install({str(good_adapter)!r}, 'support')\n"
     )

@@ -51,26 +51,28 @@ def _checked(chat: Chat) -> Chat:
     return chat
 
 
+def _objects(record: dict, key: str) -> list[dict]:
+    """The record's list of message objects under ``key`` (both chat formats keep one)."""
+    items = record[key]
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise Malformed(f"{key} is not a list of objects")
+    return items
+
+
 def parse_record(record) -> Chat:
     """One JSON record in any supported format, as a checked chat."""
     if not isinstance(record, dict):
         raise Malformed("not a JSON object")
     if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise Malformed("messages is not a list of objects")
         chat = []
-        for m in messages:
+        for m in _objects(record, "messages"):
             if m.get("role") not in ROLES:
                 raise Malformed(f"unknown role {m.get('role')!r}")
             chat.append({"role": m["role"], "content": _text(m.get("content"))})
         return _checked(chat)
     if "conversations" in record:
-        turns = record["conversations"]
-        if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
-            raise Malformed("conversations is not a list of objects")
         chat = []
-        for t in turns:
+        for t in _objects(record, "conversations"):
             role = SHAREGPT_ROLES.get(str(t.get("from", "")).lower())
             if role is None:
                 raise Malformed(f"unknown speaker {t.get('from')!r}")

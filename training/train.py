@@ -10,10 +10,7 @@ it was.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -27,6 +24,7 @@ from adapters.manifest import check_name
 from adapters.registry import Registry
 from conversations.log import ConversationLog
 from core.errors import LockedError, NotFoundError
+from core.files import write_json_atomic
 from core.settings import Settings
 from training.dataset import REGRESSION_FILE, ChatDataset, DatasetOptions, LogFilters, build_dataset
 from training.finetune import Progress, TrainingError, finetune
@@ -110,13 +108,6 @@ def run_outcome(report: dict[str, Any]) -> str:
 
 def new_run_id() -> str:
     return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
-    os.replace(tmp, path)
 
 
 PhaseFn = Callable[[str, Progress | None], None]

@@ -22,7 +22,7 @@ COLLECTION_OPTION = typer.Option(..., "--collection", "-c", help="Knowledge coll
 
 
 def _open(home: str | None, read_only: bool):
-    from knowledge.base import KnowledgeBase
+    from knowledge.knowledge_base import KnowledgeBase
     from knowledge.embeddings import encoder_for
 
     settings = settings_from(home)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from, table
 from bot.parts import Parts
 from bot.router import check_message
 from core.errors import ConfigError, InvalidRequestError
+from core.files import write_text_atomic
 from core.settings import ENV_PREFIX, Settings
 
 THRESHOLD_ENV = f"{ENV_PREFIX}ROUTER__THRESHOLD"
@@ -121,10 +121,7 @@ def store_threshold(settings: Settings, threshold: float) -> Path:
             raise ConfigError(f"{path}: the threshold did not read back; edit [router] by hand")
     except (OSError, UnicodeDecodeError, TOMLKitError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot update the settings file ({exc})") from exc
-    fd, tmp = tempfile.mkstemp(prefix=".switchboard-", suffix=".toml", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     if os.environ.get(THRESHOLD_ENV):
         print(f"note: {THRESHOLD_ENV} is set and overrides the stored threshold", file=sys.stderr)
     return path
