@@ -31,7 +31,7 @@ from adapters.manifest import Manifest
 from bot.dispatch import Dispatcher
 from bot.router import Route
 from conversations.log import MAX_ID_CHARS, ConversationLog
-from core.errors import InvalidRequestError, RequestCancelledError
+from core.errors import InvalidRequestError, RequestCancelledError, validation_message
 from core.settings import Settings
 from engine.decoding import Generation, GenerationRequest
 from engine.embedded import Engine
@@ -331,9 +331,8 @@ class Pipeline:
         try:
             return self.engine.default_options(**values)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "options"
-            raise InvalidRequestError(f"generation option '{where}': {first['msg']}") from None
+            template = "generation option '{field}': {problem}"
+            raise InvalidRequestError(validation_message(exc, template, "generation option 'options': {problem}")) from None
 
     def _history(self, request: TurnRequest) -> list[dict]:
         if request.history is not None:
