@@ -20,7 +20,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from bench.sse import sse_chunks  # noqa: E402
-from bot.api import create_app, warm  # noqa: E402
+from bot.api.app import create_app  # noqa: E402
+from bot.api.server import serving  # noqa: E402
 from bot.parts import Parts  # noqa: E402
 from bot.turn import STAGES, TurnRequest  # noqa: E402
 from core.settings import load_settings  # noqa: E402
@@ -67,7 +67,7 @@ def build_parts(home: Path, base_model: str | None, device: str, tokens: int) ->
             collections=fields["collections"], system_prompt=fields["system_prompt"], no_answer=fields["no_answer"],
         )
         parts.knowledge.ingest([DEMO / name / "knowledge"], name)
-    warm(parts)
+    parts.warm()
     return parts
 
 
@@ -120,28 +120,18 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     reserve_for_workers()  # as switchboard serve does, before the models load
 
-    import uvicorn
-
     home = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     print(f"preparing a server on {home} ...", file=sys.stderr)
     parts = build_parts(home, args.base_model, args.device, args.tokens)
-    server = uvicorn.Server(uvicorn.Config(create_app(parts), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
     asked = questions(args.turns + 1)
     turns, baseline = [], []
-    with httpx.Client(base_url=url, timeout=600) as client:
+    with serving(create_app(parts)) as url, httpx.Client(base_url=url, timeout=600) as client:
         stream_turn(client, asked[0])  # warm-up: first-use costs (tokenizer caches, lexical indexes)
         for number, question in enumerate(asked[1:], start=1):  # interleaved, so both see the same machine load
             turns.append(stream_turn(client, question))
             baseline.append(baseline_generate(parts, question))
             print(f"turn {number}/{args.turns}: {turns[-1]['total']:.2f}s, generation alone {baseline[-1]:.2f}s", file=sys.stderr)
-    server.should_exit = True
-    thread.join(timeout=10)
 
     rows = [("time to first token", [t["ttft"] * 1000 for t in turns]), ("total turn (client)", [t["total"] * 1000 for t in turns])]
     rows += [(f"  stage: {stage}", [t["server"]["timings_ms"][stage] for t in turns]) for stage in STAGES]

@@ -158,8 +158,8 @@ def main() -> None:
     sizes = sorted({int(s) // SECTIONS_PER_PAGE * SECTIONS_PER_PAGE for s in args.sizes.split(",")})
 
     from core.settings import PACKAGED_EMBEDDING_MODEL, load_settings
-    from knowledge.knowledge_base import KnowledgeBase
     from knowledge.embeddings import SentenceEncoder
+    from knowledge.knowledge_base import KnowledgeBase
 
     encoder = SentenceEncoder(PACKAGED_EMBEDDING_MODEL)
     encoder(["warm up"])

@@ -29,8 +29,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.prompts import PROMPTS  # noqa: E402
 from bench.load import Load, LoadGenerator, RoundRobin, Zipf, chat  # noqa: E402
-from bot.api import create_app, warm  # noqa: E402
+from bench.prompts import PROMPTS  # noqa: E402
+from bot.api.app import create_app  # noqa: E402
+from bot.api.server import serving  # noqa: E402
 from bot.parts import Parts  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from engine.base_model import resolve_base_model  # noqa: E402
@@ -98,17 +97,6 @@ def enabled(parts: Parts, names: list[str]) -> Iterator[None]:
     finally:
         for name in names:
             parts.registry.set_status(name, "disabled")
-
-
-def start_server(parts: Parts):
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(create_app(parts), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
 # ---- a cold adapter ------------------------------------------------------------------------------
@@ -193,11 +181,9 @@ def main() -> None:
         served, tail = names[:SERVED], names[SERVED:]
         for name in tail:  # registered for the many-adapters load only
             parts.registry.set_status(name, "disabled")
-        warm(parts)
-        server, thread, url = start_server(parts)
-        run(parts, url, served, tail, args)
-        server.should_exit = True
-        thread.join(timeout=10)
+        parts.warm()
+        with serving(create_app(parts)) as url:
+            run(parts, url, served, tail, args)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

@@ -47,6 +47,12 @@ class PayloadTooLargeError(SwitchboardError):
     status_code = 413
 
 
+class WorkerDownError(SwitchboardError):
+    """The generation worker has stopped: nothing can be answered until the server restarts (no retry helps)."""
+
+    status_code = 503
+
+
 def check_token(expected: str | None, given: str | None) -> None:
     """Admin actions are open only when no token is configured (the server then binds loopback only)."""
     if expected is None:
@@ -82,6 +88,14 @@ class Admin:
     @property
     def max_upload_bytes(self) -> int:
         return self.parts.settings.server.max_upload_bytes
+
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` reports: the base model and each adapter's status; raises when generation has stopped."""
+        parts = self.parts
+        if parts.built("scheduler") and not parts.scheduler.alive:
+            raise WorkerDownError("the generation worker is not running; see the server log")
+        adapters = [{"name": m.name, "version": m.version, "status": m.status} for m in parts.registry.list()]
+        return {"status": "ok", "base_model": parts.settings.base_model, "adapters": adapters}
 
     # ---- adapters
 

@@ -9,12 +9,17 @@ are given the parts they use.
 
 from __future__ import annotations
 
+import logging
+import time
 from functools import cached_property
 
 from adapters.manifest import BaseFingerprint
 from adapters.registry import Registry
 from adapters.validation import AdapterLimits
+from core.errors import SwitchboardError
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class Parts:
@@ -28,6 +33,31 @@ class Parts:
     def built(self, name: str) -> bool:
         """Whether a part was built already (``/health`` and the admin actions leave unbuilt parts alone)."""
         return name in self.__dict__
+
+    def warm(self) -> None:
+        """Load every long-lived part before the first request, logging each step."""
+        steps = [
+            ("base model and engine", lambda: self.engine),
+            ("embedding model", lambda: self.encoder),
+            ("knowledge base", lambda: self.knowledge),
+            ("router", lambda: self.router),
+            ("conversation log", lambda: self.log),
+        ]
+        for label, step in steps:
+            started = time.perf_counter()
+            log.info("loading %s ...", label)
+            step()
+            log.info("loaded %s in %.1fs", label, time.perf_counter() - started)
+        self.registry.check_installed()  # an adapter damaged on disk is disabled here, never fatal
+        enabled = [m for m in self.registry.list() if m.enabled][: self.settings.max_resident_adapters]
+        for manifest in enabled:
+            started = time.perf_counter()
+            try:
+                self.engine.activate([self.engine.ensure(manifest)])
+            except SwitchboardError as exc:
+                log.warning("adapter %s v%d could not be loaded; it loads on demand: %s", manifest.name, manifest.version, exc)
+                continue
+            log.info("loaded adapter %s v%d in %.1fs", manifest.name, manifest.version, time.perf_counter() - started)
 
     @cached_property
     def fingerprint(self) -> BaseFingerprint:

@@ -30,7 +30,7 @@ from bot.router import Route
 from bot.turn import STAGES, PreparedTurn, TurnRequest, TurnResult
 from bot.turn_stream import TurnStream
 from conversations.log import ConversationLog
-from core.errors import InvalidRequestError
+from core.errors import InvalidRequestError, validation_message
 from core.settings import Settings
 from engine.decoding import Generation, GenerationRequest
 from engine.embedded import Engine
@@ -188,9 +188,8 @@ class Pipeline:
         try:
             return self.engine.default_options(**values)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "options"
-            raise InvalidRequestError(f"generation option '{where}': {first['msg']}") from None
+            template = "generation option '{field}': {problem}"
+            raise InvalidRequestError(validation_message(exc, template, "generation option 'options': {problem}")) from None
 
     def _history(self, request: TurnRequest) -> list[dict]:
         if request.history is not None:

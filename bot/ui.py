@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from bot.admin import Admin, check_token, split_commas, split_lines
-from bot.guards import UPLOAD_COOKIE, UPLOAD_PATH
+from bot.api.guards import UPLOAD_COOKIE, UPLOAD_PATH
 from bot.turn import TurnRequest, TurnResult
 from core.errors import InvalidRequestError, SwitchboardError
 from training.artifacts.config import DTYPE_HELP, DTYPES, FORMAT_HELP, FORMATS

@@ -63,3 +63,18 @@ class ForbiddenError(SwitchboardError):
     """A request that may not do what it asks, whoever sends it (a wrong feedback token, another site's page)."""
 
     status_code = 403
+
+
+def validation_message(exc, template: str = "'{field}': {problem}", whole: str | None = None) -> str:
+    """The one line a user sees for a pydantic validation error: its first problem, naming the field.
+
+    ``template`` places ``{field}`` (the dotted path, without FastAPI's ``body``) and ``{problem}``;
+    ``whole`` is used instead when the problem is with the whole object, not one field. Pydantic's
+    ``Value error, `` label is dropped: the validator's own words are the message.
+    """
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    problem = first["msg"].removeprefix("Value error, ")
+    if not field and whole is not None:
+        return whole.format(problem=problem)
+    return template.format(field=field, problem=problem)

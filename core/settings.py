@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from core.errors import ConfigError
+from core.errors import ConfigError, validation_message
 from core.sections import (
     GenerationDefaults,
     GroundingConfig,
@@ -136,6 +136,4 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"setting '{where}': {first['msg']}") from exc
+        raise ConfigError(validation_message(exc, "setting '{field}': {problem}")) from exc

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,26 +46,17 @@ def server(url: str | None):
     if url and answers(url):
         yield url
         return
-    import uvicorn
-
-    from bot.api import create_app, warm
+    from bot.api.app import create_app
+    from bot.api.server import serving
     from bot.parts import Parts
     from core.settings import load_settings
 
     parts = Parts(load_settings())
     if not parts.registry.names():
         raise SystemExit("no adapters installed: run `switchboard bootstrap` (or `make run`) first")
-    warm(parts)
-    live = uvicorn.Server(uvicorn.Config(create_app(parts), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=live.run, daemon=True)
-    thread.start()
-    while not live.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{live.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        live.should_exit = True
-        thread.join(timeout=10)
+    parts.warm()
+    with serving(create_app(parts)) as live:
+        yield live
 
 
 def shoot(url: str, out: Path, question: str) -> None:

@@ -155,7 +155,6 @@ def demo_manifest(name: str) -> dict:
 @pytest.fixture(scope="session")
 def chat_parts(make_settings, make_random_adapter, tmp_path_factory):
     """A warm Parts on its own home: the demo support and legal adapters (random weights) and some demo documents."""
-    from bot.api import warm
     from bot.parts import Parts
 
     home = tmp_path_factory.mktemp("chat-home")
@@ -174,7 +173,7 @@ def chat_parts(make_settings, make_random_adapter, tmp_path_factory):
     knowledge = DEMO_DIR / "support" / "knowledge"
     parts.knowledge.ingest([knowledge / "warranty.md", knowledge / "returns.txt"], "support")
     parts.knowledge.ingest([DEMO_DIR / "legal" / "knowledge" / "model_consumer_goods_act.md"], "legal")
-    warm(parts)
+    parts.warm()
     yield parts
     parts.knowledge.close()
 
@@ -184,9 +183,8 @@ def live_server(chat_parts):
     """The real app (API and Gradio UI) under uvicorn in a background thread, on a free loopback port."""
     from types import SimpleNamespace
 
-    from live_app import serving
-
-    from bot.api import create_app
+    from bot.api.app import create_app
+    from bot.api.server import serving
 
     with serving(create_app(chat_parts)) as url:
         yield SimpleNamespace(url=url, parts=chat_parts, token=CHAT_ADMIN_TOKEN)

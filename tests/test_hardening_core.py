@@ -203,7 +203,7 @@ def test_an_adapter_with_a_rank_pattern_installs_and_serves(http, live_server, g
 def test_installed_adapters_damaged_on_disk_are_disabled_at_start_and_never_break_the_engine(
     good_lora, make_random_adapter, engine, tmp_path
 ):
-    """What start-up runs (``Registry.check_installed`` in ``bot.api.warm``): every damaged adapter is disabled
+    """What start-up runs (``Registry.check_installed`` in ``Parts.warm``): every damaged adapter is disabled
     with its reason and the good one stays; loading a damaged one anyway is that adapter's own clean error."""
     from core.errors import InvalidAdapterError
 
@@ -326,7 +326,7 @@ def test_a_stopped_scheduler_fails_health_and_refuses_every_request_at_once(live
     """A worker that is gone never leaves a request waiting: /health says 503 and chats get 503 with Retry-After."""
     from starlette.testclient import TestClient
 
-    from bot.api import create_app
+    from bot.api.app import create_app
     from bot.parts import Parts
 
     source = live_server.parts

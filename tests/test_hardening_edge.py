@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
-from live_app import serving
 
 EDGE_TOKEN = "edge-admin-token"
 EVIL = "http://evil.example"
@@ -123,7 +122,8 @@ def ids(table: list[tuple]) -> list[str]:
 @pytest.fixture(scope="module")
 def edge(chat_parts, make_settings, make_random_adapter, tmp_path_factory):
     """Servers with and without a token over one parts that borrows the suite's loaded models."""
-    from bot.api import create_app
+    from bot.api.app import create_app
+    from bot.api.server import serving
     from bot.parts import Parts
 
     home = tmp_path_factory.mktemp("edge-home")
@@ -437,7 +437,7 @@ def test_markdown_chunks_keep_words_apart_by_any_space(chunker, separator):
 def test_request_models_take_or_refuse_any_json(body):
     from pydantic import ValidationError
 
-    from bot.api import ChatCompletionRequest, FeedbackRequest, check_json_values
+    from bot.api.bodies import ChatCompletionRequest, FeedbackRequest, check_json_values
     from core.errors import InvalidRequestError
 
     check_json_values(body)
@@ -457,7 +457,7 @@ def test_request_models_take_or_refuse_any_json(body):
 @given(message=st.text(min_size=1, max_size=200).filter(str.strip), extra=st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3))
 def test_valid_chat_requests_parse_to_the_users_message(message, extra):
     """Fields the model does not know (presence_penalty, user, ...) are ignored, whatever they hold."""
-    from bot.api import ChatCompletionRequest
+    from bot.api.bodies import ChatCompletionRequest
 
     extra = {key: value for key, value in extra.items() if key not in ChatCompletionRequest.model_fields}
     body = {**extra, "model": "base", "messages": [{"role": "user", "content": message}]}

@@ -12,8 +12,8 @@ import pytest
 from core.errors import LockedError, NotFoundError, SwitchboardError
 from core.settings import load_settings
 from knowledge.articles import referenced_articles
-from knowledge.knowledge_base import KnowledgeBase
 from knowledge.chunking import Chunker
+from knowledge.knowledge_base import KnowledgeBase
 from knowledge.loaders import load_text
 
 # ---- sample files, made here -------------------------------------------------------------------

@@ -85,15 +85,13 @@ def parse_request(data: dict[str, Any]) -> TrainRequest:
     """A request from the CLI or the HTTP body, or one clear error line naming the field."""
     from pydantic import ValidationError
 
-    from core.errors import InvalidRequestError
+    from core.errors import InvalidRequestError, validation_message
 
     try:
         return TrainRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequestError(f"training request: {where + ': ' if where else ''}{message}") from None
+        message = validation_message(exc, "training request: {field}: {problem}", "training request: {problem}")
+        raise InvalidRequestError(message) from None
 
 
 def run_outcome(report: dict[str, Any]) -> str:

@@ -22,8 +22,8 @@ COLLECTION_OPTION = typer.Option(..., "--collection", "-c", help="Knowledge coll
 
 
 def _open(home: str | None, read_only: bool):
-    from knowledge.knowledge_base import KnowledgeBase
     from knowledge.embeddings import encoder_for
+    from knowledge.knowledge_base import KnowledgeBase
 
     settings = settings_from(home)
     return KnowledgeBase(settings, encoder_for(settings), read_only=read_only)

@@ -17,6 +17,6 @@ def serve(
     home: str = HOME_OPTION,
 ) -> None:
     """Serve the chat UI and the OpenAI-compatible API until interrupted; the models load once at start."""
-    from bot.api import serve as run_server
+    from bot.api.server import serve as run_server
 
     run_server(settings_from(home), host=host, port=port)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.errors import InvalidRequestError
+from core.errors import InvalidRequestError, validation_message
 
 Format = Literal["merged", "gguf", "ollama", "peft"]
 FORMATS: tuple[str, ...] = ("merged", "gguf", "ollama", "peft")
@@ -59,6 +59,4 @@ def export_config(**values) -> ExportConfig:
     try:
         return ExportConfig(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "export"
-        raise InvalidRequestError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise InvalidRequestError(validation_message(exc, "{field}: {problem}", "export: {problem}")) from None

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
-from starlette.routing import Match, Route
+from starlette.routing import Match, Mount
 
 from bot.admin import PayloadTooLargeError, check_token
 from core.errors import SwitchboardError
@@ -44,6 +44,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 BROWSER_SITES_ALLOWED = frozenset({"same-origin", "none"})  # "none": the user typed the address or opened a bookmark
 UPLOAD_PATH = "/gradio_api/upload"
 UPLOAD_COOKIE = "switchboard_admin"  # set by the UI's admin-token boxes, sent only to UPLOAD_PATH
+HTTP_METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")  # sorted: the Allow order
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -182,7 +183,8 @@ class AllowedMethods:
 
     The Gradio UI is mounted at ``/`` and would take every unmatched request
     (TRACE /v1/models answered 404 from there); the app's own routes are
-    asked first.
+    asked first. They are asked by matching, never by reading their method
+    lists: FastAPI may hold an included router as one route.
     """
 
     def __init__(self, app, routes: list) -> None:
@@ -191,19 +193,21 @@ class AllowedMethods:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            allowed: set[str] = set()
-            for route in self.routes:
-                if not isinstance(route, Route):
-                    continue
-                match, _ = route.matches(scope)
-                if match is Match.FULL:
-                    allowed = set()
-                    break
-                if match is Match.PARTIAL:
-                    allowed |= route.methods or set()
+            allowed = self.allowed(scope)
             if allowed:
-                methods = ", ".join(sorted(allowed))
+                methods = ", ".join(allowed)
                 response = error_response(405, f"{scope['method']} is not allowed here (allowed: {methods})",
                                           {"Allow": methods})
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+    def allowed(self, scope) -> list[str]:
+        """The methods the app's routes take at this path when none takes the request's method; else none."""
+        routes = [route for route in self.routes if not isinstance(route, Mount)]  # the UI's mount takes any path
+        matches = [route.matches(scope)[0] for route in routes]
+        if Match.FULL in matches or Match.PARTIAL not in matches:
+            return []
+        return [
+            method for method in HTTP_METHODS
+            if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in routes)
+        ]
