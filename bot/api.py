@@ -612,7 +612,7 @@ ADAPTER_FORM = multipart_body(
 
 
 def _body_models() -> list[type[BaseModel]]:
-    from training.train import TrainRequest
+    from training.request import TrainRequest
 
     return [ChatCompletionRequest, FeedbackRequest, TrainRequest, ExportRequest]
 

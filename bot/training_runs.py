@@ -21,7 +21,8 @@ from core.errors import LockedError, NotFoundError, SwitchboardError
 from core.settings import Settings
 from engine.threads import use_all
 from training.finetune import Progress
-from training.train import TrainRequest, new_run_id, parse_request, run_outcome, train_adapter, write_json_atomic
+from training.request import TrainRequest, parse_request
+from training.train import new_run_id, run_outcome, train_adapter, write_json_atomic
 
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")  # rejected: the gate said no
 

@@ -634,7 +634,8 @@ def training_controls(
     @_user_errors
     def preview(key: str, *values: Any) -> str:
         require(key)
-        from training.train import parse_request, preview_dataset  # training imports are heavy: load them on first use
+        from training.request import parse_request
+        from training.train import preview_dataset  # training imports are heavy: load them on first use
 
         request = parse_request(train_request(values))
         return dataset_markdown(preview_dataset(request, settings=parts.settings, registry=parts.registry, log=parts.log))
