@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from bot.parts import Parts  # noqa: E402
 from bot.turn import PreparedTurn, TurnRequest  # noqa: E402
 from core.settings import load_settings  # noqa: E402
-from knowledge.grounding import GroundingConfig, audit_answer, ground_answer  # noqa: E402
+from core.sections import GroundingConfig  # noqa: E402
+from knowledge.grounding import audit_answer, ground_answer  # noqa: E402
 from knowledge.passage import Passage  # noqa: E402
 
 CHECKS = {

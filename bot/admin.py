@@ -28,7 +28,7 @@ from knowledge.passage import Passage
 
 if TYPE_CHECKING:
     from bot.parts import Parts
-    from training.train import TrainRequest
+    from training.request import TrainRequest
 
 Upload = tuple[str, "IO[bytes] | Path"]
 COPY_CHUNK = 1 << 20

@@ -70,7 +70,8 @@ def bootstrap(
     on_progress: Callable[[str, object], None] | None = None,
 ) -> BootstrapReport:
     """Make the demo assistants ready; returns what was ingested, trained or already there."""
-    from training.train import TrainRequest, train_adapter
+    from training.request import TrainRequest
+    from training.train import train_adapter
 
     report = BootstrapReport()
     names = set(parts.registry.names())

@@ -22,7 +22,8 @@ from core.files import write_json_atomic
 from core.settings import Settings
 from engine.threads import use_all
 from training.finetune import Progress
-from training.train import TrainRequest, new_run_id, parse_request, run_outcome, train_adapter
+from training.request import TrainRequest, parse_request
+from training.train import new_run_id, run_outcome, train_adapter
 
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")  # rejected: the gate said no
 

@@ -22,7 +22,8 @@ from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF
 
 from bot.parts import Parts
 from knowledge.prompt import build_messages
-from training.train import ROUTING_EXAMPLES, TrainRequest, run_outcome, train_adapter
+from training.request import TrainRequest
+from training.train import ROUTING_EXAMPLES, run_outcome, train_adapter
 
 QUESTIONS = [
     "What colour is a lemon?", "How many toes do people have?", "What do hens lay?", "Where does the sun set?",

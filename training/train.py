@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from adapters.manifest import check_name
 from adapters.registry import Registry
 from conversations.log import ConversationLog
 from core.errors import LockedError, NotFoundError
@@ -30,68 +28,10 @@ from training.dataset import REGRESSION_FILE, ChatDataset, DatasetOptions, LogFi
 from training.finetune import Progress, TrainingError, finetune
 from training.formats import read_chats
 from training.recipe import Recipe
+from training.request import TrainRequest
 
 ROUTING_EXAMPLES = 20
 PHASES = ("dataset", "training", "evaluating", "installing", "done")
-
-
-class TrainRequest(BaseModel):
-    """What an operator asks for: which adapter, from which data, with which overrides."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    adapter: str = Field(description="Adapter to train; a new name creates it, an existing one gets its next version.")
-    from_logs: bool = Field(False, description="Take examples from the conversation log.")
-    data: list[str] = Field(default_factory=list, description="JSONL files of chats (OpenAI, Alpaca or ShareGPT).")
-    log_adapter: str | None = Field(
-        None,
-        description="Logged turns of which adapter: None for the adapter being trained, 'base' for no adapter, 'any' for all.",
-    )
-    rating: str = Field("up", pattern="^(up|down|any)$", description="Latest rating a logged turn must carry.")
-    include_corrections: bool = Field(True, description="Also take corrected turns, with the correction as the answer.")
-    since: str | None = Field(None, description="Logged turns from this ISO date or time on.")
-    until: str | None = Field(None, description="Logged turns before this ISO date or time.")
-    include_sources: bool = Field(True, description="Train with the retrieved sources in the prompt, as served.")
-    min_answer_chars: int | None = Field(None, ge=0, description="Drop examples whose answer is shorter (default from settings).")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (default from settings).")
-    rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank (default from settings).")
-    learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate (default from settings).")
-    batch_size: int | None = Field(None, ge=1, description="Examples per step (default from settings).")
-    dropout: float | None = Field(None, ge=0, lt=1, description="LoRA dropout (default 0.05); 0 trains faster on a CPU.")
-    gradient_checkpointing: bool | None = Field(
-        None, description="Recompute activations to save memory (default on); off is faster where memory is plentiful."
-    )
-    replay_fraction: float | None = Field(None, ge=0, lt=0.9, description="Share of general replay data.")
-    seed: int | None = Field(None, description="Seed of the split, replay sample and training.")
-    golden: str | None = Field(None, description="Golden set JSONL to score the candidate (and the live version) on.")
-    force: bool = Field(False, description="Install even when the gate fails; recorded in the manifest.")
-    description: str | None = Field(None, description="Description of a new adapter.")
-    system_prompt: str | None = Field(None, description="System prompt of a new adapter.")
-    examples: list[str] | None = Field(None, description="Routing examples of a new adapter (default: training questions).")
-
-    @field_validator("adapter")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value)
-
-    @model_validator(mode="after")
-    def _some_data(self) -> "TrainRequest":
-        if not self.from_logs and not self.data:
-            raise ValueError("give training data: from_logs, data files, or both")
-        return self
-
-
-def parse_request(data: dict[str, Any]) -> TrainRequest:
-    """A request from the CLI or the HTTP body, or one clear error line naming the field."""
-    from pydantic import ValidationError
-
-    from core.errors import InvalidRequestError, validation_message
-
-    try:
-        return TrainRequest.model_validate(data)
-    except ValidationError as exc:
-        message = validation_message(exc, "training request: {field}: {problem}", "training request: {problem}")
-        raise InvalidRequestError(message) from None
 
 
 def run_outcome(report: dict[str, Any]) -> str:
@@ -156,16 +96,7 @@ def train_adapter(
             golden = read_golden(Path(request.golden))  # fail before training, not after
 
         phase("training")
-        recipe = Recipe.from_defaults(
-            settings.training,
-            max_steps=request.max_steps,
-            rank=request.rank,
-            learning_rate=request.learning_rate,
-            batch_size=request.batch_size,
-            dropout=request.dropout,
-            gradient_checkpointing=request.gradient_checkpointing,
-            seed=request.seed,
-        )
+        recipe = Recipe.from_defaults(settings.training, **request.overrides(Recipe))
         result = finetune(
             settings,
             dataset.train,
@@ -240,20 +171,10 @@ def _system_prompt(live, request: TrainRequest) -> str | None:
 def _build(settings: Settings, log: ConversationLog | None, request: TrainRequest, system_prompt: str | None) -> ChatDataset:
     """The request's log filters and preparation options applied to the log and its data files."""
     options = DatasetOptions.from_defaults(
-        settings.training,
-        include_sources=request.include_sources,
-        system_prompt=system_prompt,
-        min_answer_chars=request.min_answer_chars,
-        replay_fraction=request.replay_fraction,
-        seed=request.seed,
+        settings.training, **{**request.overrides(DatasetOptions), "system_prompt": system_prompt}
     )
-    filters = LogFilters(
-        adapter=None if request.log_adapter == "any" else (request.log_adapter or request.adapter),
-        rating=request.rating,
-        include_corrections=request.include_corrections,
-        since=request.since,
-        until=request.until,
-    )
+    logged = None if request.log_adapter == "any" else (request.log_adapter or request.adapter)
+    filters = LogFilters(**{**request.overrides(LogFilters), "adapter": logged})  # its adapter: whose turns, not which is trained
     if request.from_logs and log is None:
         raise ValueError("a request that trains from the conversation log needs the log")
     return build_dataset(

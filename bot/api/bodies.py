@@ -125,7 +125,7 @@ class ExportRequest(BaseModel):
 
 def body_models() -> list[type[BaseModel]]:
     """The bodies the served schema describes (TrainRequest is imported late: training is heavy)."""
-    from training.train import TrainRequest
+    from training.request import TrainRequest
 
     return [ChatCompletionRequest, FeedbackRequest, TrainRequest, ExportRequest]
 

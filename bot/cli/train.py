@@ -1,20 +1,25 @@
 """``switchboard train``, ``switchboard eval`` and ``switchboard logs`` (export, untrusted, accept).
 
 Training itself lives in ``training``; these commands only parse flags, show
-progress on stderr and print the report.
+progress on stderr and print the report. The options of ``switchboard train``
+are built from the fields of :class:`training.request.TrainRequest`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Literal, get_origin
 
 import typer
+from pydantic.fields import FieldInfo
 
 from bot.cli.output import HOME_OPTION, JSON_OPTION, emit, settings_from, table
 from bot.parts import Parts
 from core.errors import InvalidRequestError
+from training.request import Flag, bound, fields_with, parse_request, value_type
 
 logs_app = typer.Typer(help="The conversation log.", no_args_is_help=True)
 
@@ -89,49 +94,51 @@ def _summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def train(
-    adapter: str = typer.Option(..., "--adapter", help="Adapter to train; a new name creates it."),
-    from_logs: bool = typer.Option(False, "--from-logs", help="Train on rated and corrected turns of the conversation log."),
-    data: list[Path] = typer.Option(None, "--data", help="JSONL chats (OpenAI, Alpaca or ShareGPT); repeatable."),
-    log_adapter: str = typer.Option(
-        None, "--log-adapter", help="Logged turns of which adapter: default the one trained, 'base', or 'any'."
-    ),
-    rating: str = typer.Option("up", "--rating", help="Latest rating of logged turns: up, down or any."),
-    since: str = typer.Option(None, "--since", help="Logged turns from this ISO date on."),
-    until: str = typer.Option(None, "--until", help="Logged turns before this ISO date."),
-    no_sources: bool = typer.Option(False, "--no-sources", help="Train without the retrieved sources in the prompt."),
-    max_steps: int = typer.Option(None, "--max-steps", min=1, help="Optimizer steps."),
-    rank: int = typer.Option(None, "--rank", min=1, help="LoRA rank."),
-    learning_rate: float = typer.Option(None, "--learning-rate", help="Peak learning rate."),
-    golden: Path = typer.Option(None, "--golden", help="Golden set JSONL to score the candidate on."),
-    force: bool = typer.Option(False, "--force", help="Install even if the gate fails (recorded in the manifest)."),
-    description: str = typer.Option(None, "--description", help="Description of a new adapter."),
-    system_prompt: Path = typer.Option(None, "--system-prompt", help="File with the system prompt of a new adapter."),
-    as_json: bool = JSON_OPTION,
-    home: str = HOME_OPTION,
-) -> None:
-    """Train a candidate, evaluate it, and install it as the next version if it passes the gate."""
-    from training.train import parse_request, train_adapter
+def _option(name: str, field: FieldInfo, flag: Flag) -> inspect.Parameter:
+    """One ``switchboard train`` option, built from the request field it sets."""
+    kind = value_type(field)
+    if flag.path:
+        kind = list[Path] if get_origin(kind) is list else Path
+    elif get_origin(kind) is Literal:
+        kind = str
+    if field.is_required():
+        default = ...
+    elif kind is bool:
+        default = False  # a switch: given or not
+    else:
+        default = None if field.default_factory else field.default
+    bounds = {"min": bound(field, "ge"), "max": bound(field, "le")} if kind is int else {}
+    bounds = {key: value for key, value in bounds.items() if value is not None}
+    option = typer.Option(default, flag.name or f"--{name.replace('_', '-')}", help=flag.help, **bounds)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
 
-    request = parse_request(
-        dict(
-            adapter=adapter,
-            from_logs=from_logs,
-            data=[str(p) for p in data or []],
-            log_adapter=log_adapter,
-            rating=rating,
-            since=since,
-            until=until,
-            include_sources=not no_sources,
-            max_steps=max_steps,
-            rank=rank,
-            learning_rate=learning_rate,
-            golden=str(golden) if golden else None,
-            force=force,
-            description=description,
-            system_prompt=_read_text(system_prompt),
-        )
-    )
+
+def _switches_off(field: FieldInfo) -> bool:
+    """A field that is on unless told otherwise is offered as a switch that turns it off (--no-sources)."""
+    return value_type(field) is bool and field.default is True
+
+
+def _request(options: dict) -> dict:
+    """The request fields the given options set; a switch such as --no-sources turns its field off."""
+    fields = {}
+    for name, (field, flag) in fields_with(Flag).items():
+        value = options[name]
+        if _switches_off(field):
+            value = not value
+        elif flag.read:
+            value = _read_text(value)
+        elif flag.path and value is not None:
+            value = [str(p) for p in value] if isinstance(value, list) else str(value)
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def train(*, as_json: bool, home: str | None, **options) -> None:
+    """Train a candidate, evaluate it, and install it as the next version if it passes the gate."""
+    from training.train import train_adapter
+
+    request = parse_request(_request(options))
     bar = _ProgressBar()
     try:
         parts = Parts(settings_from(home))
@@ -139,6 +146,15 @@ def train(
     finally:
         bar.close()
     emit(report, as_json, _summary(report))
+
+
+train.__signature__ = inspect.Signature(  # the options of the request, then the ones every command has
+    [
+        *(_option(name, field, flag) for name, (field, flag) in fields_with(Flag).items()),
+        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=JSON_OPTION, annotation=bool),
+        inspect.Parameter("home", inspect.Parameter.KEYWORD_ONLY, default=HOME_OPTION, annotation=str),
+    ]
+)
 
 
 def eval_(
