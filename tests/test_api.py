@@ -173,32 +173,36 @@ def test_admin_installs_enables_and_removes_an_adapter_live(http, client, live_s
     form = {"name": "billing", "description": "Invoices", "examples": "I need an invoice\nSend me a receipt",
             "collections": "support"}
     installed = http.post("/admin/adapters", data=form, files=files, headers=auth)
-    assert installed.status_code == 201, installed.text
-    assert installed.json()["version"] == 1 and installed.json()["examples"] == 2
-    assert "billing" in [m.id for m in client.models.list()]
-    answer = client.chat.completions.create(
-        model="billing", messages=[{"role": "user", "content": WARRANTY_QUESTION}], max_tokens=3
-    )
-    assert answer.model_extra["switchboard"]["adapter"] == "billing"
+    try:
+        assert installed.status_code == 201, installed.text
+        assert installed.json()["version"] == 1 and installed.json()["examples"] == 2
+        assert "billing" in [m.id for m in client.models.list()]
+        answer = client.chat.completions.create(
+            model="billing", messages=[{"role": "user", "content": WARRANTY_QUESTION}], max_tokens=3
+        )
+        assert answer.model_extra["switchboard"]["adapter"] == "billing"
 
-    bundle = io.BytesIO()
-    with zipfile.ZipFile(bundle, "w") as archive:
-        for name, content in ((n, c) for _, (n, c) in files):
-            archive.writestr(f"billing-adapter/{name}", content)
-    zipped = http.post("/admin/adapters", data=form, files=[("files", ("billing.zip", bundle.getvalue()))], headers=auth)
-    assert zipped.status_code == 201, zipped.text
-    assert zipped.json()["version"] == 2
+        bundle = io.BytesIO()
+        with zipfile.ZipFile(bundle, "w") as archive:
+            for name, content in ((n, c) for _, (n, c) in files):
+                archive.writestr(f"billing-adapter/{name}", content)
+        zipped = http.post("/admin/adapters", data=form, files=[("files", ("billing.zip", bundle.getvalue()))], headers=auth)
+        assert zipped.status_code == 201, zipped.text
+        assert zipped.json()["version"] == 2
 
-    assert http.post("/admin/adapters/billing/disable", headers=auth).json()["status"] == "disabled"
-    assert "billing" not in [m.id for m in client.models.list()]
-    refused = http.post("/v1/chat/completions", json={"model": "billing", "messages": [{"role": "user", "content": "hi"}]})
-    assert refused.status_code == 404 and "billing" in refused.json()["error"]["message"]
-    assert http.delete("/admin/adapters/billing", headers=auth).status_code == 200
-    assert http.get("/health").json()["adapters"] == [
-        {"name": "legal", "version": 1, "status": "enabled"},
-        {"name": "support", "version": 1, "status": "enabled"},
-    ]
-    assert not any(key.startswith("billing__") for key in live_server.parts.engine.resident_adapters)
+        assert http.post("/admin/adapters/billing/disable", headers=auth).json()["status"] == "disabled"
+        assert "billing" not in [m.id for m in client.models.list()]
+        refused = http.post("/v1/chat/completions", json={"model": "billing", "messages": [{"role": "user", "content": "hi"}]})
+        assert refused.status_code == 404 and "billing" in refused.json()["error"]["message"]
+        assert http.delete("/admin/adapters/billing", headers=auth).status_code == 200
+        assert http.get("/health").json()["adapters"] == [
+            {"name": "legal", "version": 1, "status": "enabled"},
+            {"name": "support", "version": 1, "status": "enabled"},
+        ]
+        assert not any(key.startswith("billing__") for key in live_server.parts.engine.resident_adapters)
+    finally:  # the session's server serves the demo adapters only to the tests after this one, even when it fails
+        if "billing" in live_server.parts.admin.adapter_names():
+            live_server.parts.admin.remove_adapter("billing")
 
 
 def test_admin_refuses_pickles_and_escaping_file_names(http, live_server, make_random_adapter):

@@ -21,7 +21,7 @@ from bot.turn import TurnRequest
 
 # The first test carries the module's bootstrap: two demo adapters trained and evaluated, about 10 minutes on
 # 2 cores, too close to the suite-wide 900 s limit for a slower machine.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # bootstraps the demo: trains both adapters
 
 WARRANTY_PERIODS = ("3 years", "2 years", "1 year")  # every period warranty.md states
 LEGAL_SECTIONS = ("**Answer**", "**Legal basis**", "**Note**")

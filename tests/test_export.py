@@ -22,6 +22,8 @@ import torch
 from core.errors import InvalidAdapterError, InvalidRequestError, NotFoundError
 from tests.cli import ROOT, cli_env, command, switchboard
 
+pytestmark = pytest.mark.slow  # merges and converts adapters (GGUF, Ollama) in processes of their own
+
 GOLDEN = [
     "What colour is the sky on a clear day?",
     "Name a large ocean.",

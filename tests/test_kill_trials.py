@@ -24,6 +24,8 @@ from cli import ROOT, cli_env, command, switchboard
 
 from adapters.registry import Registry
 
+pytestmark = pytest.mark.slow  # kills served processes with SIGKILL, many times
+
 KILL_TRIALS = ["mid-stream", "mid-install", "mid-ingest", "mid-training"]
 
 

@@ -17,6 +17,8 @@ from cli import switchboard
 from core.settings import load_settings
 from knowledge.knowledge_base import KnowledgeBase
 
+pytestmark = pytest.mark.slow  # starts a Chroma server
+
 
 def kb_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return switchboard(home, "kb", *args, timeout=180)

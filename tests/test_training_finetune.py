@@ -7,6 +7,8 @@ import json
 import pytest
 from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF, style_chats
 
+pytestmark = pytest.mark.slow  # trains adapters
+
 
 @pytest.fixture(scope="module")
 def base_and_adapter(make_settings, tmp_path_factory, style_adapter):

@@ -25,6 +25,8 @@ from knowledge.prompt import build_messages
 from training.request import TrainRequest
 from training.train import ROUTING_EXAMPLES, run_outcome, train_adapter
 
+pytestmark = pytest.mark.slow  # trains adapters
+
 QUESTIONS = [
     "What colour is a lemon?", "How many toes do people have?", "What do hens lay?", "Where does the sun set?",
     "What is snow made of?", "Which animal has a trunk?", "What do you use an umbrella for?", "How many sides has a triangle?",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # drives the UI in headless Chromium
+
 WARRANTY_QUESTION = "What is the warranty on your backpacks?"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 

@@ -14,6 +14,8 @@ import httpx
 import pytest
 from test_ui import ARTIFACTS
 
+pytestmark = pytest.mark.slow  # trains an adapter from the UI in headless Chromium
+
 ADAPTER = "ui-trained"  # the other tests use 'support' and 'legal'
 MAX_STEPS = 2
 RUN_TIMEOUT_MS = 600_000
