@@ -58,9 +58,10 @@ class Chat:
             raise gr.Error(str(exc)) from None
         history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield "", history, conversation_id, ids
-        stream = self.pipeline.stream(turn)
+        stream = None
         text = ""
         try:
+            stream = self.pipeline.stream(turn)  # a full queue is refused here, as a message like any other
             for piece in stream:
                 text += piece
                 history[-1] = {"role": "assistant", "content": text}
@@ -68,7 +69,8 @@ class Chat:
         except SwitchboardError as exc:
             raise gr.Error(str(exc)) from None
         finally:
-            stream.cancel()  # a closed tab stops the generator here: its row leaves the batch (a no-op once finished)
+            if stream is not None:
+                stream.cancel()  # a closed tab stops the generator here: its row leaves the batch (a no-op once finished)
         result = stream.result
         history[-1] = {"role": "assistant", "content": result.answer or "(no answer)"}
         history.append(answer_note(result))
