@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from adapters.manifest import Manifest
 from adapters.registry import Registry
-from bot.router import AUTO, BASE, Route, Router
+from bot.router import AUTO, Route, Router
 from core.sections import KnowledgeConfig
 from knowledge.knowledge_base import KnowledgeBase
 from knowledge.passage import Passage
@@ -62,7 +62,8 @@ class Dispatcher:
         started = time.perf_counter()
         self.router.follow(self.registry)  # adapters installed or disabled by another process
         routed = requested in (None, AUTO)
-        vector = self.router.embed(message) if routed or self.config.default_collections or requested != BASE else None
+        # Only routing needs the vector before retrieval; a named adapter's retrieval embeds the query itself, once.
+        vector = self.router.embed(message) if routed else None
         embedded = time.perf_counter()
         pool = self._candidates(message, vector) if routed else None
         retrieved = time.perf_counter()
@@ -73,7 +74,7 @@ class Dispatcher:
         if pool is not None:
             passages = pool.within(collections)
         else:
-            passages = self.knowledge.retrieve(message, collections, vector=vector) if collections else []
+            passages = self.knowledge.retrieve(message, collections) if collections else []
         timings = {
             "route": (embedded - started) + (routed_at - retrieved),
             "retrieve": (retrieved - embedded) + (time.perf_counter() - routed_at),
