@@ -41,6 +41,10 @@ class BusyError(SwitchboardError):
         self.retry_after = retry_after
 
 
+class UnavailableError(BusyError):
+    """A part this server relies on (the engine server, the database, the Chroma server) does not answer now."""
+
+
 class GenerationError(SwitchboardError):
     """One request's generation failed; the requests decoded beside it go on."""
 

@@ -9,6 +9,8 @@ misspelt option fails loudly.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_UNPACKED_BYTES = 25_000_000  # a .docx or PDF stream unpacking to more is skipped (zip bombs)
@@ -86,6 +88,33 @@ class SchedulerConfig(Section):
     batching: bool = Field(True, description="Off runs one request at a time (the benchmark baseline).")
     threads: int | None = Field(None, ge=1, le=1024, description="torch threads of the decoding thread; unset: every core.")
 
+
+
+class EngineConfig(Section):
+    """Where tokens come from: the engine inside this process, or a vLLM server that several replicas share."""
+
+    backend: Literal["embedded", "vllm"] = Field(
+        "embedded",
+        description="embedded: the base model and adapters in this process (4-bit NF4 by default); vllm: a vLLM "
+        "server at engine.url generates, and Switchboard loads its adapters into it at runtime.",
+    )
+    url: str | None = Field(None, description="Base URL of the vLLM server (http://host:port); needed by backend vllm.")
+    api_key: str | None = Field(None, description="Bearer token the vLLM server was started with (--api-key), if any.")
+    adapters_path: str | None = Field(
+        None,
+        description="The adapters folder as the vLLM server sees it, when it mounts it elsewhere; unset: the same path.",
+    )
+    timeout_s: float = Field(
+        600.0, gt=0, description="Longest wait for one answer from the vLLM server before the turn fails."
+    )
+
+    @model_validator(mode="after")
+    def _url_for_vllm(self) -> "EngineConfig":
+        if self.backend == "vllm" and not self.url:
+            raise ValueError("backend 'vllm' needs engine.url (SWITCHBOARD_ENGINE__URL=http://host:port)")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"engine.url must start with http:// or https://, not {self.url!r}")
+        return self
 
 
 class KnowledgeConfig(Section):

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError
 
 from core.errors import ConfigError, validation_message
 from core.sections import (
+    EngineConfig,
     GenerationDefaults,
     GroundingConfig,
     KnowledgeConfig,
@@ -70,6 +71,7 @@ class Settings(Section):
     router: RouterConfig = Field(default_factory=RouterConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     grounding: GroundingConfig = Field(default_factory=GroundingConfig)
     training: TrainingDefaults = Field(default_factory=TrainingDefaults)

@@ -28,6 +28,7 @@ from core.errors import InvalidAdapterError, InvalidRequestError
 from core.settings import Settings
 from engine.base_model import LoadedBase, fingerprint_of, load_base
 from engine.batch import Batch
+from engine.chat_engine import ChatEngine
 from engine.decoding import DecodeRow, Generation, GenerationRequest
 from engine.lora import AdapterSlots
 from engine.prefix_cache import Layers, PrefixCache
@@ -36,7 +37,7 @@ from engine.sampling import GenerationOptions
 log = logging.getLogger(__name__)
 
 
-class Engine:
+class Engine(ChatEngine):
     def __init__(self, settings: Settings, base: LoadedBase | None = None) -> None:
         self.settings = settings
         started = time.perf_counter()
@@ -180,25 +181,12 @@ class Engine:
 
     # Generation ---------------------------------------------------------------------------------
 
-    def render(self, messages: list[dict]) -> list[int]:
-        if not messages:
-            raise InvalidRequestError("no messages to answer")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def new_row(self, request: GenerationRequest) -> DecodeRow:
         """A request's decoding row, its answer budget cut to the context window; its adapter may be evicted now
         and reloaded when it runs."""
         if request.adapter is not None and request.adapter not in self._folders:
             raise InvalidRequestError(f"adapter {request.adapter!r} is not loaded")
-        prompt_ids = request.prompt_ids if request.prompt_ids is not None else self.render(request.messages)
-        budget = self.context_window - len(prompt_ids)
-        if budget < 1:
-            raise InvalidRequestError(
-                f"the prompt is {len(prompt_ids)} tokens; the model's context window is {self.context_window}"
-            )
-        if request.options.max_new_tokens > budget:
-            request.options = request.options.model_copy(update={"max_new_tokens": budget})
+        prompt_ids = self.prompt_of(request)
         prefix = self._head_length(request.messages, prompt_ids)
         return DecodeRow(request, prompt_ids, self.tokenizer, self.eos_ids, self.device, prefix_length=prefix)
 
@@ -289,6 +277,3 @@ class Engine:
     ) -> Generation:
         request = GenerationRequest(messages, adapter, options or self.default_options(), on_text)
         return self.generate_batch([request])[0]
-
-    def default_options(self, **overrides) -> GenerationOptions:
-        return GenerationOptions.from_defaults(self.settings.generation, **overrides)
