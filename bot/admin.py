@@ -132,7 +132,7 @@ class Admin:
                 no_answer=no_answer,
                 provenance={"source": "upload"},
             )
-        self._unload(name, keep=manifest.key)
+        self._unload(name, keep=manifest)
         self._follow()
         return manifest
 
@@ -150,7 +150,7 @@ class Admin:
     def rollback_adapter(self, name: str) -> Manifest:
         """Serve the previous version again, live: the engine drops the newer weights and the router its examples."""
         manifest = self.parts.registry.rollback(name)
-        self._unload(name, keep=manifest.key)
+        self._unload(name, keep=manifest)
         self._follow()
         return manifest
 
@@ -159,12 +159,16 @@ class Admin:
         if self.parts.built("router"):
             self.parts.router.follow(self.parts.registry)
 
-    def _unload(self, name: str, keep: str | None = None) -> None:
+    def _unload(self, name: str, keep: Manifest | None = None) -> None:
+        """Tell the engine: the version now served is loaded first (traffic moves only to loaded weights), then
+        the others of the name are unloaded once their requests finish."""
         if not self.parts.built("engine"):  # nothing loaded in a process that never generated
             return
         engine = self.parts.engine
+        if keep is not None and keep.enabled:
+            engine.ensure(keep)
         for key in engine.resident_adapters:
-            if key.startswith(f"{name}__v") and key != keep:
+            if key.startswith(f"{name}__v") and (keep is None or key != keep.key):
                 engine.unload_adapter(key)
 
     def _unzip(self, archive: Path, target: Path) -> Path:

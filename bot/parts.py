@@ -74,13 +74,22 @@ class Parts:
 
     @cached_property
     def engine(self):
+        """The base model and its adapters: in this process, or in the vLLM server of ``engine.url``."""
+        if self.settings.engine.backend == "vllm":
+            from engine.vllm.engine import VLLMEngine
+
+            return VLLMEngine(self.settings)
         from engine.embedded import Engine
 
         return Engine(self.settings)
 
     @cached_property
     def scheduler(self):
-        """The one worker that batches every caller's generations (continuous batching across adapters)."""
+        """Where every caller's generations go: one worker batching them here, or the vLLM server's own batching."""
+        if self.settings.engine.backend == "vllm":
+            from engine.vllm.scheduler import VLLMScheduler
+
+            return VLLMScheduler(self.engine, self.settings.scheduler).start()
         from engine.scheduler import Scheduler
 
         return Scheduler(self.engine, self.settings.scheduler).start()

@@ -77,6 +77,12 @@ def disable_adapter(name: str, admin: AdminDep) -> dict[str, Any]:
     return admin.set_enabled(name, False).summary()
 
 
+@router.post("/admin/adapters/{name}/rollback")
+def rollback_adapter(name: str, admin: AdminDep) -> dict[str, Any]:
+    """Serve the version before the current one again, live (the engine unloads the newer one)."""
+    return admin.rollback_adapter(name).summary()
+
+
 @router.delete("/admin/adapters/{name}")
 def remove_adapter(name: str, admin: AdminDep) -> dict[str, Any]:
     admin.remove_adapter(name)

@@ -63,6 +63,9 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
+    repetition_penalty: float | None = Field(
+        None, ge=1.0, le=3.0, description="vLLM's extension: penalty on tokens the answer already holds (1: none)."
+    )
     ignore_eos: bool | None = Field(
         None, description="vLLM's extension: generate max_tokens tokens, past end-of-turn (benchmarks)."
     )
@@ -91,6 +94,7 @@ class ChatCompletionRequest(BaseModel):
                 "top_p": self.top_p,
                 "stop": stop,
                 "seed": self.seed,
+                "repetition_penalty": self.repetition_penalty,
                 "ignore_eos": self.ignore_eos,
             },
         )
