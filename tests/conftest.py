@@ -11,13 +11,45 @@ from core.settings import Settings, load_settings
 # --- foundation: settings, base model, engine, adapters ------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def base_model_dir(tmp_path_factory) -> Path:
-    """The packaged SmolLM2 converted once to safetensors; every test home points at it."""
-    from engine.base_model import resolve_base_model
+BASE_DIR = pytest.StashKey[Path]()
+VLLM = pytest.StashKey[object]()
 
-    home = tmp_path_factory.mktemp("base-home")
-    return Path(resolve_base_model(load_settings({"home": home}, environ={})))
+
+def converted_base(config: pytest.Config) -> Path:
+    """The packaged SmolLM2 converted once per session to safetensors."""
+    if BASE_DIR not in config.stash:
+        from engine.base_model import resolve_base_model
+
+        home = config._tmp_path_factory.mktemp("base-home")
+        config.stash[BASE_DIR] = Path(resolve_base_model(load_settings({"home": home}, environ={})))
+    return config.stash[BASE_DIR]
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(pytestconfig) -> Path:
+    """The packaged SmolLM2 converted once to safetensors; every test home points at it."""
+    return converted_base(pytestconfig)
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k deselected what will not run
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A vLLM server takes about a minute to load: start it now, so it loads while the tests before it run."""
+    if any("vllm_server" in getattr(item, "fixturenames", ()) for item in items):
+        from engine.vllm.process import VLLMProcess
+
+        log_file = config._tmp_path_factory.mktemp("vllm") / "server.log"
+        config.stash[VLLM] = VLLMProcess(converted_base(config), log_file).start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if VLLM in session.config.stash:
+        session.config.stash[VLLM].stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(pytestconfig):
+    """A real vLLM server (the CPU build, float32 base, runtime LoRA API), started at collection."""
+    return pytestconfig.stash[VLLM].wait()
 
 
 @pytest.fixture(scope="session")
