@@ -36,7 +36,7 @@ import httpx  # noqa: E402
 
 from bench.load import Load, LoadGenerator, RoundRobin, chat  # noqa: E402
 from bench.prompts import PROMPTS  # noqa: E402
-from bench.serving import SERVED, make_adapters  # noqa: E402
+from bench.serving import SERVED, make_adapters, print_header, print_row  # noqa: E402
 from bot.api.app import create_app  # noqa: E402
 from bot.api.server import serving  # noqa: E402
 from bot.parts import Parts  # noqa: E402
@@ -63,15 +63,6 @@ def measure_round(generator: LoadGenerator, urls: dict[str, str], models: dict[s
             urls[system], label, clients, RoundRobin(models[system]), args.seconds, args.tokens, args.warmup
         )
     return results
-
-
-def print_row(number: int, load: Load) -> None:
-    print(
-        f"| {number:>5} | {load.label:<32} | {load.clients:>3} | {load.tokens_per_second():>8.1f} "
-        f"| {load.requests_per_second():>6.2f} | {load.ttft(0.5) * 1000:>7.0f} | {load.latency(0.5) * 1000:>7.0f} "
-        f"| {load.latency(0.95) * 1000:>7.0f} | {len(load.started_inside()):>4} |",
-        flush=True,
-    )
 
 
 def report(rounds: list[dict]) -> None:
@@ -134,8 +125,7 @@ def run(urls: dict[str, str], models: dict[str, tuple[str, ...]], args) -> None:
             for model in models[system]:
                 chat(client, model, PROMPTS[0], 4)
     print(f"\n{SERVED} adapters, {args.tokens} tokens a request, {args.seconds:.0f}s windows, {args.rounds} rounds\n")
-    print(f"| {'round':>5} | {'system':<32} | {'C':>3} | {'tok/s':>8} | {'req/s':>6} | {'TTFT50':>7} | {'lat50':>7} | {'lat95':>7} | {'n':>4} |")
-    print(f"|{'-' * 7}|{'-' * 34}|{'-' * 5}|{'-' * 10}|{'-' * 8}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 6}|")
+    print_header()
     generator = LoadGenerator()
     rounds = []
     try:

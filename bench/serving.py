@@ -120,6 +120,14 @@ def cold_start(parts: Parts, url: str, names: list[str], tokens: int, rounds: in
 # ---- report --------------------------------------------------------------------------------------
 
 
+def print_header() -> None:
+    print(
+        f"| {'round':>5} | {'load':<34} | {'C':>3} | {'tok/s':>8} | {'req/s':>6} | {'TTFT50':>7} | {'TTFT95':>7} "
+        f"| {'lat50':>7} | {'lat95':>7} | {'n':>4} |"
+    )
+    print(f"|{'-' * 7}|{'-' * 36}|{'-' * 5}|{'-' * 10}|{'-' * 8}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 6}|")
+
+
 def print_row(number: int, load: Load) -> None:
     print(
         f"| {number:>5} | {load.label:<34} | {load.clients:>3} | {load.tokens_per_second():>8.1f} | {load.requests_per_second():>6.2f} "
@@ -247,11 +255,7 @@ def run(parts: Parts, url: str, served: list[str], tail: list[str], args) -> Non
         f"{args.seconds:.0f}s windows, {args.rounds} rounds, max_batch_size={config.max_batch_size}, "
         f"device={parts.engine.device}\n"
     )
-    print(
-        f"| {'round':>5} | {'load':<34} | {'C':>3} | {'tok/s':>8} | {'req/s':>6} | {'TTFT50':>7} | {'TTFT95':>7} "
-        f"| {'lat50':>7} | {'lat95':>7} | {'n':>4} |"
-    )
-    print(f"|{'-' * 7}|{'-' * 36}|{'-' * 5}|{'-' * 10}|{'-' * 8}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 6}|")
+    print_header()
     rounds: list[dict[str, Load]] = []
     generator = LoadGenerator()
     try:

@@ -191,6 +191,14 @@ def chat_parts(make_settings, make_random_adapter, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("chat-home")
     parts = Parts(make_settings(home, admin_token=CHAT_ADMIN_TOKEN, generation={"max_new_tokens": 8}))
+    install_demo(parts, make_random_adapter)
+    parts.warm()
+    yield parts
+    parts.knowledge.close()
+
+
+def install_demo(parts, make_random_adapter) -> None:
+    """The demo support and legal adapters (random weights, the demo manifests) and some of their documents."""
     for seed, name in ((31, "support"), (32, "legal")):
         fields = demo_manifest(name)
         parts.registry.install(
@@ -205,9 +213,6 @@ def chat_parts(make_settings, make_random_adapter, tmp_path_factory):
     knowledge = DEMO_DIR / "support" / "knowledge"
     parts.knowledge.ingest([knowledge / "warranty.md", knowledge / "returns.txt"], "support")
     parts.knowledge.ingest([DEMO_DIR / "legal" / "knowledge" / "model_consumer_goods_act.md"], "legal")
-    parts.warm()
-    yield parts
-    parts.knowledge.close()
 
 
 @pytest.fixture(scope="session")

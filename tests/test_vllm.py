@@ -19,7 +19,7 @@ import pytest
 from bot.parts import Parts
 from bot.turn import TurnRequest
 from core.sections import EngineConfig
-from tests.conftest import CHAT_ADMIN_TOKEN, DEMO_DIR, STYLE_SIGN_OFF, demo_manifest
+from tests.conftest import CHAT_ADMIN_TOKEN, STYLE_SIGN_OFF, install_demo
 
 pytestmark = pytest.mark.slow  # a vLLM server loads for about a minute, and is killed and restarted once
 
@@ -44,21 +44,8 @@ def vllm_parts(make_settings, make_random_adapter, style_adapter, vllm_server, t
         engine={"backend": "vllm", "url": vllm_server.url},
     )
     parts = Parts(settings)
-    for seed, name in ((31, "support"), (32, "legal")):
-        fields = demo_manifest(name)
-        parts.registry.install(
-            make_random_adapter(seed),
-            name,
-            description=fields["description"],
-            examples=fields["examples"],
-            collections=fields["collections"],
-            system_prompt=fields["system_prompt"],
-            no_answer=fields["no_answer"],
-        )
+    install_demo(parts, make_random_adapter)
     parts.registry.install(style_adapter, "signoff", description="Signs off every answer", examples=["What colour is it?"])
-    knowledge = DEMO_DIR / "support" / "knowledge"
-    parts.knowledge.ingest([knowledge / "warranty.md", knowledge / "returns.txt"], "support")
-    parts.knowledge.ingest([DEMO_DIR / "legal" / "knowledge" / "model_consumer_goods_act.md"], "legal")
     parts.warm()
     yield parts
     parts.scheduler.stop()
