@@ -32,7 +32,7 @@ from engine.vllm.engine import VLLMEngine
 
 log = logging.getLogger(__name__)
 
-CANCEL_POLL_S = 0.05  # how often a running request looks at its cancel event
+CANCEL_POLL_S = 0.1  # how often a running request looks at its cancel event (the API polls a client every 0.25 s)
 ANSWER_PENALTY = "answer_repetition_penalty"  # engine.vllm.answer_penalty.XARG (that module imports vLLM)
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "cancelled"}
 
