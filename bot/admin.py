@@ -10,12 +10,14 @@ knowledge base) so it is live without a restart.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
@@ -29,6 +31,8 @@ from knowledge.passage import Passage
 if TYPE_CHECKING:
     from bot.parts import Parts
     from training.request import TrainRequest
+
+log = logging.getLogger(__name__)
 
 Upload = tuple[str, "IO[bytes] | Path"]
 COPY_CHUNK = 1 << 20
@@ -70,6 +74,23 @@ def safe_name(name: str | None) -> str:
     return path.name
 
 
+def _probe(check: Callable[[], object]) -> dict[str, Any]:
+    """One part's state for ``/health``: its round-trip time, or the one-line reason it does not answer."""
+    started = time.perf_counter()
+    try:
+        check()
+    except SwitchboardError as exc:
+        return {"status": "down", "error": str(exc)}
+    except OSError as exc:  # a registry folder on a mount that went away
+        return {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
+    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _adapter_of(key: str) -> str:
+    """The adapter name of an engine key (``NAME__vN_TIME``, see ``Manifest.key``)."""
+    return key.rsplit("__v", 1)[0]
+
+
 def split_lines(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
@@ -84,18 +105,93 @@ class Admin:
     def __init__(self, parts: "Parts") -> None:
         self.parts = parts
         self._exporting = threading.Lock()
+        self._following = threading.Lock()
+        self._revision: int | None = None  # the registry's revision the router and the engine last followed
+        self._served: dict[str, str] | None = None  # adapter name -> its served version's key, at that revision
+        self.follow()  # the registry as this process starts serving it: what warm() loaded stands
 
     @property
     def max_upload_bytes(self) -> int:
         return self.parts.settings.server.max_upload_bytes
 
     def health(self) -> dict[str, Any]:
-        """What ``/health`` reports: the base model and each adapter's status; raises when generation has stopped."""
+        """What ``/health`` reports: each part this server relies on, with its latency, the base model and each
+        adapter's status. ``status`` is "down" when a part does not answer (the route then answers 503 naming it);
+        a generation worker that stopped raises, since only a restart helps."""
         parts = self.parts
         if parts.built("scheduler") and not parts.scheduler.alive:
             raise WorkerDownError("the generation worker is not running; see the server log")
+        checks = {name: _probe(check) for name, check in self._probes().items()}
+        down = [f"{name}: {check['error']}" for name, check in checks.items() if "error" in check]
         adapters = [{"name": m.name, "version": m.version, "status": m.status} for m in parts.registry.list()]
-        return {"status": "ok", "base_model": parts.settings.base_model, "adapters": adapters}
+        report = {"status": "down" if down else "ok", "base_model": parts.settings.base_model, "adapters": adapters}
+        return {**report, "parts": checks, **({"error": "; ".join(down)} if down else {})}
+
+    def _probes(self) -> dict[str, Callable[[], object]]:
+        """A cheap round trip to each shared part this process has built (a part never used is not probed)."""
+        parts = self.parts
+        probes: dict[str, Callable[[], object]] = {"registry": parts.registry.revision}
+        if parts.built("engine"):
+            probes["engine"] = parts.engine.ping
+        return probes
+
+    # ---- following the registry
+
+    def follow(self) -> bool:
+        """Serve the registry as it is now, after a change made here or by a replica sharing its folder.
+
+        The router re-reads the adapters and the engine follows (:meth:`_sync_engine`). Costs one small file
+        read when nothing changed; True when something did.
+        """
+        registry = self.parts.registry
+        with self._following:
+            revision = registry.revision()
+            if revision == self._revision:
+                return False
+            served = {m.name: m for m in registry.list() if m.enabled}
+            if self.parts.built("router"):
+                self.parts.router.follow(registry)
+            if self.parts.built("engine"):
+                self._sync_engine(served)
+            self._served = {name: m.key for name, m in served.items()}
+            self._revision = revision
+        return True
+
+    def _sync_engine(self, served: dict[str, Manifest]) -> None:
+        """Load each version that became the served one, and each served version of an adapter the engine holds
+        an older version of (traffic moves only to loaded weights); then unload what nothing serves any more,
+        each once its requests finish. On a shared vLLM server the first replica to follow does the work and
+        the others' calls are no-ops, so the server changes once."""
+        engine = self.parts.engine
+        resident = engine.resident_adapters
+        held = {_adapter_of(key) for key in resident}
+        for name, manifest in served.items():
+            new = self._served is not None and self._served.get(name) != manifest.key
+            if new or (name in held and manifest.key not in resident):
+                try:
+                    engine.ensure(manifest)
+                except SwitchboardError as exc:  # its own requests get the error; the others are served
+                    log.warning("adapter %s v%d could not be loaded: %s", name, manifest.version, exc)
+        for key in resident:
+            manifest = served.get(_adapter_of(key))
+            if manifest is None or manifest.key != key:
+                engine.unload_adapter(key)
+
+    def watch(self, interval_s: float) -> threading.Thread:
+        """Follow the registry every ``interval_s`` seconds in the background, so a change another replica made
+        is served here within that time even before a request asks for it."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    self.follow()
+                except Exception:  # a shared folder briefly unreadable must not end the watch
+                    log.warning("following the adapter registry failed; trying again", exc_info=True)
+
+        thread = threading.Thread(target=loop, name="registry-watch", daemon=True)
+        thread.start()
+        return thread
 
     # ---- adapters
 
@@ -132,44 +228,24 @@ class Admin:
                 no_answer=no_answer,
                 provenance={"source": "upload"},
             )
-        self._unload(name, keep=manifest)
-        self._follow()
+        self.follow()
         return manifest
 
     def set_enabled(self, name: str, enabled: bool) -> Manifest:
         manifest = self.parts.registry.set_status(name, "enabled" if enabled else "disabled")
-        self._follow()
+        self.follow()
         return manifest
 
     def remove_adapter(self, name: str) -> None:
         """Remove every version; the engine drops its weights so a later install of the name starts clean."""
         self.parts.registry.remove(name)
-        self._unload(name)
-        self._follow()
+        self.follow()
 
     def rollback_adapter(self, name: str) -> Manifest:
         """Serve the previous version again, live: the engine drops the newer weights and the router its examples."""
         manifest = self.parts.registry.rollback(name)
-        self._unload(name, keep=manifest)
-        self._follow()
+        self.follow()
         return manifest
-
-    def _follow(self) -> None:
-        """The router serves the change now; one not built yet reads the registry when it is."""
-        if self.parts.built("router"):
-            self.parts.router.follow(self.parts.registry)
-
-    def _unload(self, name: str, keep: Manifest | None = None) -> None:
-        """Tell the engine: the version now served is loaded first (traffic moves only to loaded weights), then
-        the others of the name are unloaded once their requests finish."""
-        if not self.parts.built("engine"):  # nothing loaded in a process that never generated
-            return
-        engine = self.parts.engine
-        if keep is not None and keep.enabled:
-            engine.ensure(keep)
-        for key in engine.resident_adapters:
-            if key.startswith(f"{name}__v") and (keep is None or key != keep.key):
-                engine.unload_adapter(key)
 
     def _unzip(self, archive: Path, target: Path) -> Path:
         """The adapter files of a zip, wherever they sit inside it; members are read, never extracted by path."""

@@ -80,6 +80,12 @@ class ServerConfig(Section):
     max_body_bytes: int = Field(2_000_000, ge=1024, description="Largest JSON request body accepted.")
     max_upload_bytes: int = Field(200_000_000, ge=1024, description="Largest upload (adapter or documents).")
     ui_concurrency: int = Field(8, ge=1, le=256, description="Chats the UI runs at once.")
+    follow_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the server looks for adapter changes another replica made in a shared registry "
+        "folder; a request always gets the version served at that moment.",
+    )
 
 
 class SchedulerConfig(Section):

