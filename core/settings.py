@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from core.errors import ConfigError, validation_message
 from core.sections import (
@@ -72,6 +72,11 @@ class Settings(Section):
         "models/encoders/), torch elsewhere.",
     )
     admin_token: str | None = Field(None, description="Bearer token for admin actions; unset binds loopback only.")
+    database_url: str | None = Field(
+        None,
+        description="The conversation log's database: a postgresql://user@host:port/dbname URL puts it on a "
+        "PostgreSQL server that every replica shares; unset: the SQLite file home/conversations.db.",
+    )
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     router: RouterConfig = Field(default_factory=RouterConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -80,6 +85,14 @@ class Settings(Section):
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     grounding: GroundingConfig = Field(default_factory=GroundingConfig)
     training: TrainingDefaults = Field(default_factory=TrainingDefaults)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            scheme = url.split("://", 1)[0] if "://" in url else "none"  # the rest may hold a password
+            raise ValueError(f"must be a postgresql://user@host:port/dbname URL (its scheme is {scheme!r})")
+        return url
 
     @property
     def adapters_dir(self) -> Path:
@@ -90,8 +103,9 @@ class Settings(Section):
         return self.home / "chroma"
 
     @property
-    def conversations_db(self) -> Path:
-        return self.home / "conversations.db"
+    def conversations_db(self) -> Path | str:
+        """Where the conversation log lives: ``database_url``, else a SQLite file in the home."""
+        return self.database_url or self.home / "conversations.db"
 
     @property
     def models_dir(self) -> Path:
