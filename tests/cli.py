@@ -39,11 +39,12 @@ def command(*args: str) -> list[str]:
 
 
 def switchboard(
-    home: Path, *args: str, base_model: str | Path | None = None, timeout: float = 300
+    home: Path, *args: str, base_model: str | Path | None = None, timeout: float = 300, settings: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run ``switchboard *args`` on ``home`` and capture its output as text."""
+    """Run ``switchboard *args`` on ``home`` and capture its output as text (``settings``: see :func:`cli_env`)."""
     return subprocess.run(
-        command(*args), cwd=ROOT, env=cli_env(home, base_model), capture_output=True, text=True, timeout=timeout,
+        command(*args), cwd=ROOT, env=cli_env(home, base_model, **(settings or {})), capture_output=True, text=True,
+        timeout=timeout,
     )
 
 
