@@ -133,6 +133,10 @@ class Admin:
         probes: dict[str, Callable[[], object]] = {"registry": parts.registry.revision}
         if parts.built("engine"):
             probes["engine"] = parts.engine.ping
+        if parts.built("log"):
+            probes["database"] = parts.log.ping
+        if parts.built("knowledge"):
+            probes["knowledge"] = parts.knowledge.ping
         return probes
 
     # ---- following the registry
@@ -369,6 +373,10 @@ class Admin:
 
     def training_status(self, run_id: str) -> dict[str, Any]:
         return self.parts.training_runs.status(run_id)
+
+    def active_training(self) -> dict[str, Any] | None:
+        """The run in progress on this or any replica sharing the log, for the Training tab to follow."""
+        return self.parts.training_runs.active()
 
     def preview_training(self, request: TrainRequest) -> dict[str, Any]:
         """The dataset card a run of ``request`` would train on, built without training."""

@@ -77,5 +77,5 @@ def test_health_reports_each_part_with_its_latency(pair):
     a.warm()
     report = a.admin.health()
     assert report["status"] == "ok"
-    assert set(report["parts"]) == {"registry", "engine"}
+    assert set(report["parts"]) == {"registry", "engine", "database", "knowledge"}
     assert all(part["status"] == "ok" and part["latency_ms"] >= 0 for part in report["parts"].values())

@@ -229,7 +229,7 @@ def test_vllm_down_gives_503_then_a_restart_is_repaired_with_no_lost_turn(app, v
     assert health.status_code == 503 and int(health.headers["Retry-After"]) >= 1
     assert health.json()["parts"]["engine"]["status"] == "down"
     assert health.json()["error"]["message"].startswith("a part is down: engine: ")
-    assert health.json()["parts"]["registry"]["status"] == "ok"
+    assert health.json()["parts"]["database"]["status"] == "ok"
 
     vllm_server.start().wait()
     assert httpx.get(f"{app}/health", timeout=10).json()["parts"]["engine"]["status"] == "ok"
