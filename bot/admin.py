@@ -107,8 +107,6 @@ class Admin:
         self._exporting = threading.Lock()
         self._following = threading.Lock()
         self._revision: int | None = None  # the registry's revision the router and the engine last followed
-        self._served: dict[str, str] | None = None  # adapter name -> its served version's key, at that revision
-        self.follow()  # the registry as this process starts serving it: what warm() loaded stands
 
     @property
     def max_upload_bytes(self) -> int:
@@ -144,42 +142,40 @@ class Admin:
     def follow(self) -> bool:
         """Serve the registry as it is now, after a change made here or by a replica sharing its folder.
 
-        The router re-reads the adapters and the engine follows (:meth:`_sync_engine`). Costs one small file
-        read when nothing changed; True when something did.
+        The router re-reads the adapters and the engine drops what is no longer served (:meth:`_sync_engine`);
+        a request always gets the version served at that moment. Costs one small file read when nothing
+        changed; True when something did (the first call always).
         """
         registry = self.parts.registry
         with self._following:
             revision = registry.revision()
             if revision == self._revision:
                 return False
-            served = {m.name: m for m in registry.list() if m.enabled}
             if self.parts.built("router"):
                 self.parts.router.follow(registry)
             if self.parts.built("engine"):
-                self._sync_engine(served)
-            self._served = {name: m.key for name, m in served.items()}
+                self._sync_engine({m.name: m for m in registry.list() if m.enabled})
             self._revision = revision
         return True
 
     def _sync_engine(self, served: dict[str, Manifest]) -> None:
-        """Load each version that became the served one, and each served version of an adapter the engine holds
-        an older version of (traffic moves only to loaded weights); then unload what nothing serves any more,
-        each once its requests finish. On a shared vLLM server the first replica to follow does the work and
-        the others' calls are no-ops, so the server changes once."""
+        """Unload what nothing serves any more, each version once its requests finish. Loading is left to the
+        first request that needs a version, or to the admin action that made the change (:meth:`_preload`):
+        on a shared vLLM server the replica that made a change loads it, once, and the others find it there."""
         engine = self.parts.engine
-        resident = engine.resident_adapters
-        held = {_adapter_of(key) for key in resident}
-        for name, manifest in served.items():
-            new = self._served is not None and self._served.get(name) != manifest.key
-            if new or (name in held and manifest.key not in resident):
-                try:
-                    engine.ensure(manifest)
-                except SwitchboardError as exc:  # its own requests get the error; the others are served
-                    log.warning("adapter %s v%d could not be loaded: %s", name, manifest.version, exc)
-        for key in resident:
+        for key in engine.resident_adapters:
             manifest = served.get(_adapter_of(key))
             if manifest is None or manifest.key != key:
                 engine.unload_adapter(key)
+
+    def _preload(self, manifest: Manifest) -> None:
+        """Load the version an admin action just made the served one, before the action answers."""
+        if not (manifest.enabled and self.parts.built("engine")):
+            return
+        try:
+            self.parts.engine.ensure(manifest)
+        except SwitchboardError as exc:  # its requests get the error (and try again); the others are served
+            log.warning("adapter %s v%d could not be loaded yet: %s", manifest.name, manifest.version, exc)
 
     def watch(self, interval_s: float) -> threading.Thread:
         """Follow the registry every ``interval_s`` seconds in the background, so a change another replica made
@@ -233,11 +229,13 @@ class Admin:
                 provenance={"source": "upload"},
             )
         self.follow()
+        self._preload(manifest)
         return manifest
 
     def set_enabled(self, name: str, enabled: bool) -> Manifest:
         manifest = self.parts.registry.set_status(name, "enabled" if enabled else "disabled")
         self.follow()
+        self._preload(manifest)
         return manifest
 
     def remove_adapter(self, name: str) -> None:
@@ -249,6 +247,7 @@ class Admin:
         """Serve the previous version again, live: the engine drops the newer weights and the router its examples."""
         manifest = self.parts.registry.rollback(name)
         self.follow()
+        self._preload(manifest)
         return manifest
 
     def _unzip(self, archive: Path, target: Path) -> Path:
