@@ -47,10 +47,11 @@ $(BROWSER_STAMP):
 	touch $@
 
 # bench/prompts.py, bench/sse.py, bench/timing.py and bench/load.py are shared pieces, not benchmarks.
-BENCHMARKS := adapters knowledge router chat serving training answers export
+BENCHMARKS := adapters knowledge router chat serving training answers export engines replicas
 
-# bench/answers.py asks the demo adapters that `switchboard bootstrap` installs (cached after the first run).
-bench: $(STAMP)
+# bench/answers.py asks the demo adapters that `switchboard bootstrap` installs (cached after the first run);
+# bench/engines.py and bench/replicas.py start a vLLM server from .venv-vllm.
+bench: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/switchboard bootstrap
 	for b in $(BENCHMARKS); do $(BIN)/python bench/$$b.py || exit 1; done
 

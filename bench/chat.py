@@ -48,27 +48,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def build_parts(home: Path, base_model: str | None, device: str, tokens: int) -> Parts:
+def build_parts(home: Path, base_model: str | None, device: str, tokens: int, **overrides) -> Parts:
+    """A warm Parts with the demo adapters and knowledge; ``overrides`` are more settings (a database_url...)."""
+    settings = load_settings(
+        {"home": home, "base_model": base_model, "device": device, "generation": {"max_new_tokens": tokens}, **overrides},
+        environ={},
+    )
+    parts = Parts(settings)
+    install_demo(parts, home / "uploads")
+    parts.warm()
+    return parts
+
+
+def install_demo(parts: Parts, uploads: Path) -> None:
+    """The demo support and legal adapters (random weights, the demo manifests) and their documents."""
     from transformers import AutoConfig
 
     from training.random_adapter import make_random_adapter
 
-    settings = load_settings(
-        {"home": home, "base_model": base_model, "device": device, "generation": {"max_new_tokens": tokens}},
-        environ={},
-    )
-    parts = Parts(settings)
-    config = AutoConfig.from_pretrained(resolve_base_model(settings))
+    config = AutoConfig.from_pretrained(resolve_base_model(parts.settings))
     for seed, name in enumerate(("support", "legal")):
         fields = json.loads((DEMO / name / "manifest.json").read_text(encoding="utf-8"))
-        folder = make_random_adapter(config, home / "uploads" / name, seed=seed)
+        folder = make_random_adapter(config, uploads / name, seed=seed)
         parts.registry.install(
             folder, name, description=fields["description"], examples=fields["examples"],
             collections=fields["collections"], system_prompt=fields["system_prompt"], no_answer=fields["no_answer"],
         )
         parts.knowledge.ingest([DEMO / name / "knowledge"], name)
-    parts.warm()
-    return parts
 
 
 def questions(count: int) -> list[str]:
@@ -124,19 +130,10 @@ def main() -> None:
     print(f"preparing a server on {home} ...", file=sys.stderr)
     parts = build_parts(home, args.base_model, args.device, args.tokens)
 
-    asked = questions(args.turns + 1)
-    turns, baseline = [], []
-    with serving(create_app(parts)) as url, httpx.Client(base_url=url, timeout=600) as client:
-        stream_turn(client, asked[0])  # warm-up: first-use costs (tokenizer caches, lexical indexes)
-        for number, question in enumerate(asked[1:], start=1):  # interleaved, so both see the same machine load
-            turns.append(stream_turn(client, question))
-            baseline.append(baseline_generate(parts, question))
-            print(f"turn {number}/{args.turns}: {turns[-1]['total']:.2f}s, generation alone {baseline[-1]:.2f}s", file=sys.stderr)
-
+    turns, baseline = measure_turns(parts, args.turns)
     rows = [("time to first token", [t["ttft"] * 1000 for t in turns]), ("total turn (client)", [t["total"] * 1000 for t in turns])]
     rows += [(f"  stage: {stage}", [t["server"]["timings_ms"][stage] for t in turns]) for stage in STAGES]
-    outside = [(t["total"] * 1000 - t["server"]["timings_ms"]["generate"]) for t in turns]
-    rows.append(("outside generation", outside))
+    rows.append(("outside generation", outside_ms(turns)))
     rows.append(("baseline: generation alone", [b * 1000 for b in baseline]))
 
     device = parts.engine.device
@@ -145,11 +142,34 @@ def main() -> None:
     print(f"|{'-' * 36}|{'-' * 12}|{'-' * 12}|")
     for name, values in rows:
         print(f"| {name:<34} | {statistics.median(values):>10.1f} | {percentile(values, 0.95):>10.1f} |")
-    share = statistics.median([o / (t["total"] * 1000) for o, t in zip(outside, turns)])
+    share = outside_share(turns)
     ratio = statistics.median([t["total"] for t in turns]) / statistics.median(baseline)
     verdict = "meets" if share < TARGET_OUTSIDE_SHARE else "misses"
     print(f"\nshare of the turn outside generation (median): {share:.1%} ({verdict} the {TARGET_OUTSIDE_SHARE:.0%} target)")
     print(f"turn over HTTP / generation alone (medians): {ratio:.3f}x")
+
+
+def measure_turns(parts: Parts, count: int) -> tuple[list[dict], list[float]]:
+    """``count`` streamed turns over HTTP, each followed by generation alone on its prompt (the baseline)."""
+    asked = questions(count + 1)
+    turns, baseline = [], []
+    with serving(create_app(parts)) as url, httpx.Client(base_url=url, timeout=600) as client:
+        stream_turn(client, asked[0])  # warm-up: first-use costs (tokenizer caches, lexical indexes)
+        for number, question in enumerate(asked[1:], start=1):  # interleaved, so both see the same machine load
+            turns.append(stream_turn(client, question))
+            baseline.append(baseline_generate(parts, question))
+            print(f"turn {number}/{count}: {turns[-1]['total']:.2f}s, generation alone {baseline[-1]:.2f}s", file=sys.stderr)
+    return turns, baseline
+
+
+def outside_ms(turns: list[dict]) -> list[float]:
+    """Each turn's time outside generation: routing, retrieval, prompt building, the log, HTTP and SSE."""
+    return [t["total"] * 1000 - t["server"]["timings_ms"]["generate"] for t in turns]
+
+
+def outside_share(turns: list[dict]) -> float:
+    """The median share of a turn spent outside generation (the target: under TARGET_OUTSIDE_SHARE)."""
+    return statistics.median([o / (t["total"] * 1000) for o, t in zip(outside_ms(turns), turns)])
 
 
 if __name__ == "__main__":

@@ -135,9 +135,10 @@ def chat(client: httpx.Client, model: str, prompt: str, tokens: int) -> Request:
 
 
 def closed_loop(
-    url: str, label: str, clients: int, models: Traffic, seconds: float, tokens: int, warmup: float
+    url: str | list[str], label: str, clients: int, models: Traffic, seconds: float, tokens: int, warmup: float
 ) -> Load:
-    """``clients`` users, each sending its next request as soon as the last one finished, for ``seconds``."""
+    """``clients`` users, each sending its next request as soon as the last one finished, for ``seconds``;
+    given several URLs (replicas), client ``index`` uses ``url[index % len(url)]``, as a load balancer would."""
     records: list[Request] = []
     lock = threading.Lock()
     failures: list[BaseException] = []
@@ -146,7 +147,8 @@ def closed_loop(
 
     def user(index: int) -> None:
         turn = 0
-        with httpx.Client(base_url=url, timeout=600) as client:
+        base = url if isinstance(url, str) else url[index % len(url)]
+        with httpx.Client(base_url=base, timeout=600) as client:
             while time.perf_counter() < stop_at and not failures:
                 try:
                     record = chat(client, models(index, turn), PROMPTS[(index + turn) % len(PROMPTS)], tokens)
@@ -183,7 +185,7 @@ class LoadGenerator:
         )
 
     def measure(
-        self, url: str, label: str, clients: int, models: Traffic, seconds: float, tokens: int, warmup: float
+        self, url: str | list[str], label: str, clients: int, models: Traffic, seconds: float, tokens: int, warmup: float
     ) -> Load:
         traffic = {"kind": type(models).__name__, "names": list(models.names)}
         order = {"url": url, "label": label, "clients": clients, "traffic": traffic}

@@ -128,7 +128,7 @@ class Admin:
     def _probes(self) -> dict[str, Callable[[], object]]:
         """A cheap round trip to each shared part this process has built (a part never used is not probed)."""
         parts = self.parts
-        probes: dict[str, Callable[[], object]] = {"registry": parts.registry.revision}
+        probes: dict[str, Callable[[], object]] = {"registry": parts.registry.names}  # a mount that went away raises
         if parts.built("engine"):
             probes["engine"] = parts.engine.ping
         if parts.built("log"):
@@ -178,8 +178,8 @@ class Admin:
             log.warning("adapter %s v%d could not be loaded yet: %s", manifest.name, manifest.version, exc)
 
     def watch(self, interval_s: float) -> threading.Thread:
-        """Follow the registry every ``interval_s`` seconds in the background, so a change another replica made
-        is served here within that time even before a request asks for it."""
+        """Follow the registry every ``interval_s`` seconds in the background, so this replica lets go of what
+        another replica replaced within that time, even while no request comes."""
 
         def loop() -> None:
             while True:

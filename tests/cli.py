@@ -102,3 +102,15 @@ def serve(home: Path, base_model: Path, **settings: str) -> tuple[subprocess.Pop
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: healthy(url), 300, process, seen)
     return process, url, seen
+
+
+def stream_until_killed(url: str, body: dict, streaming: threading.Barrier, after_lines: int = 3) -> None:
+    """A streaming chat client: it meets the others at ``streaming`` once ``after_lines`` lines have come, then
+    reads on until its turn ends or the server dies under it (that turn is lost, as a crash allows)."""
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+            for number, _ in enumerate(response.iter_lines()):
+                if number == after_lines:
+                    streaming.wait(timeout=120)
+    except httpx.HTTPError:
+        pass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli import kill, read_stderr, serve, start, switchboard, wait_for
+from cli import kill, read_stderr, serve, start, stream_until_killed, switchboard, wait_for
 
 from adapters.registry import Registry
 
@@ -53,13 +53,7 @@ def test_kill_9_mid_stream_loses_no_finished_turn_and_leaves_no_half_turn(base_m
         def stream(n: int) -> None:
             body = {"model": "base", "stream": True, "max_tokens": 400, "ignore_eos": True,
                     "messages": [{"role": "user", "content": f"Tell story {n}."}]}
-            try:
-                with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
-                    for number, _ in enumerate(response.iter_lines()):
-                        if number == 4:
-                            streaming.wait(timeout=120)
-            except httpx.HTTPError:
-                pass  # the server died under it
+            stream_until_killed(url, body, streaming, after_lines=4)
 
         threads = [threading.Thread(target=stream, args=(n,), daemon=True) for n in range(3)]
         for thread in threads:

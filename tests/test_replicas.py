@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli import kill, serve, switchboard
+from cli import kill, serve, stream_until_killed, switchboard
 from conftest import style_chats
 from servers import ChromaServer
 
@@ -190,13 +190,7 @@ def test_a_replica_killed_under_load_loses_only_its_in_flight_turns_and_comes_ba
     def stream(n: int) -> None:
         body = {"model": "base", "stream": True, "max_tokens": 300, "ignore_eos": True,
                 "messages": [{"role": "user", "content": f"Tell the long story of pier {n}."}]}
-        try:
-            with httpx.stream("POST", f"{a.url}/v1/chat/completions", json=body, timeout=120) as response:
-                for number, _ in enumerate(response.iter_lines()):
-                    if number == 3:
-                        streaming.wait(timeout=120)
-        except httpx.HTTPError:
-            pass  # the replica died under it: this turn is lost, as the issue allows
+        stream_until_killed(a.url, body, streaming)
 
     streams = [threading.Thread(target=stream, args=(n,)) for n in range(4)]
     for thread in streams:
