@@ -199,7 +199,7 @@ def build_dataset(
     collected: list[tuple[str, Chat]] = []
     if log is not None:
         filters = filters or LogFilters()
-        sources.append(f"log:{log.path}")
+        sources.append(f"log:{log.location}")
         collected += _log_examples(log, filters, options.include_sources, dropped)
     for path in files:
         sources.append(f"file:{path}")
