@@ -112,7 +112,7 @@ class Parts:
         """The conversation log every turn and rating goes to."""
         from conversations.log import ConversationLog
 
-        return ConversationLog(self.settings.conversations_db)
+        return ConversationLog(self.settings.conversation_log)
 
     @cached_property
     def router(self):

@@ -232,7 +232,7 @@ class PostgresDatabase:
 
     def unavailable(self, exc: BaseException) -> UnavailableError:
         return UnavailableError(
-            f"the conversation database at {self.location} does not answer: {str(exc).strip() or type(exc).__name__}",
+            f"the conversation database at {self.location} does not answer: {' '.join(str(exc).split()) or type(exc).__name__}",
             retry_after=RETRY_AFTER_S,
         )
 

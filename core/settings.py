@@ -67,6 +67,12 @@ class Settings(Section):
         "models/encoders/), torch elsewhere.",
     )
     admin_token: str | None = Field(None, description="Bearer token for admin actions; unset binds loopback only.")
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user@host:port/db) of the conversation log and the training runs' "
+        "status, shared by every replica; unset keeps them in the SQLite file home/conversations.db.",
+        pattern=r"^postgres(ql)?://",
+    )
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     router: RouterConfig = Field(default_factory=RouterConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -87,6 +93,11 @@ class Settings(Section):
     @property
     def conversations_db(self) -> Path:
         return self.home / "conversations.db"
+
+    @property
+    def conversation_log(self) -> str | Path:
+        """Where the conversation log lives: the PostgreSQL URL when one is set, else the SQLite file."""
+        return self.database_url or self.conversations_db
 
     @property
     def models_dir(self) -> Path:

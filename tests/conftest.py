@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from postgres import postgres_db, postgres_url  # noqa: F401  (fixtures: a throwaway PostgreSQL cluster)
 
 from core.settings import Settings, load_settings
 

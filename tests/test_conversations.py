@@ -1,4 +1,6 @@
-"""The conversation log on real SQLite: turns, ratings, corrections, filters, migrations, concurrent writers."""
+"""The conversation log on real SQLite and real PostgreSQL: turns, ratings, corrections, filters, migrations,
+concurrent writers. The behaviours both databases share run on both (the PostgreSQL cases start the session's
+throwaway cluster, so they are marked slow); tests/test_log_postgres.py has what only PostgreSQL needs."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from conversations.log import ConversationLog
 from conversations.migrations import MIGRATIONS
 from core.errors import InvalidRequestError, NotFoundError
 
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 SOURCES = [{"id": "kb:doc.md:0", "source": "doc.md", "section": "Returns", "text": "30 days.", "score": 0.8}]
 
 
@@ -25,8 +28,14 @@ def log_one(log: ConversationLog, user: str = "hi", answer: str = "hello", conve
     return log.log_turn(conversation_id, user, answer, **values)
 
 
-def test_a_turn_is_logged_with_everything_needed_to_rebuild_its_prompt(tmp_path):
-    log = ConversationLog(tmp_path / "c.db")
+@pytest.fixture(params=BACKENDS)
+def where(request, tmp_path) -> str:
+    """Where a fresh log lives: a SQLite file, or a new database in the session's PostgreSQL cluster."""
+    return str(tmp_path / "c.db") if request.param == "sqlite" else request.getfixturevalue("postgres_db")
+
+
+def test_a_turn_is_logged_with_everything_needed_to_rebuild_its_prompt(where):
+    log = ConversationLog(where)
     first = log_one(log, "How long do returns take?", "30 days [1].")
     second = log_one(log, "And refunds?", "5 days.", conversation_id=first.conversation_id, sources=[])
     assert first.conversation_id == second.conversation_id and first.message_id != second.message_id
@@ -50,8 +59,8 @@ def test_a_turn_is_logged_with_everything_needed_to_rebuild_its_prompt(tmp_path)
     ]
 
 
-def test_feedback_the_latest_rating_counts_and_a_correction_replaces_the_answer(tmp_path):
-    log = ConversationLog(tmp_path / "c.db")
+def test_feedback_the_latest_rating_counts_and_a_correction_replaces_the_answer(where):
+    log = ConversationLog(where)
     good = log_one(log, "q1", "a1")
     bad = log_one(log, "q2", "wrong")
     unrated = log_one(log, "q3", "a3", adapter=None, adapter_version=None)
@@ -82,8 +91,8 @@ def test_bad_feedback_is_refused_and_changes_nothing(tmp_path):
     assert list(log.turns(rating="up")) == [] and list(log.turns(rating="down")) == []
 
 
-def test_a_refused_write_leaves_the_log_writable(tmp_path):
-    log = ConversationLog(tmp_path / "c.db")
+def test_a_refused_write_leaves_the_log_writable(where):
+    log = ConversationLog(where)
     ids = log_one(log)
     with pytest.raises(NotFoundError):  # refused inside the write transaction, which is rolled back
         log.add_feedback("msg_nope", "up")
@@ -93,8 +102,8 @@ def test_a_refused_write_leaves_the_log_writable(tmp_path):
     assert later.message_id in {t.message_id for t in log.turns()}
 
 
-def test_date_range_filters(tmp_path):
-    log = ConversationLog(tmp_path / "c.db")
+def test_date_range_filters(where):
+    log = ConversationLog(where)
     log_one(log, "old")
     middle = datetime.now(timezone.utc)
     log_one(log, "new")
@@ -114,8 +123,8 @@ def test_wal_mode_and_migrations_are_recorded_once(tmp_path):
     assert MIGRATIONS[0].__name__ == "m001_initial"
 
 
-def test_many_turns_page_through_in_order(tmp_path):
-    log = ConversationLog(tmp_path / "c.db")
+def test_many_turns_page_through_in_order(where):
+    log = ConversationLog(where)
     for i in range(1203):
         log_one(log, f"q{i}", f"a{i}", sources=[])
     users = [t.user for t in log.turns()]
@@ -128,16 +137,15 @@ def _write_turns(path: str, worker: int, count: int) -> None:
         log_one(log, f"w{worker}-{i}", "a", sources=[])
 
 
-def test_concurrent_writers_in_threads_and_processes_lose_nothing(tmp_path):
-    path = tmp_path / "c.db"
-    log = ConversationLog(path)
+def test_concurrent_writers_in_threads_and_processes_lose_nothing(where):
+    log = ConversationLog(where)
     shared = log_one(log, "start", "a")
     threads = [
         threading.Thread(target=lambda w=w: [log_one(log, f"t{w}-{i}", "a", conversation_id=shared.conversation_id) for i in range(40)])
         for w in range(4)
     ]
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_write_turns, args=(str(path), w, 40)) for w in range(2)]
+    processes = [context.Process(target=_write_turns, args=(where, w, 40)) for w in range(2)]
     for worker in [*threads, *processes]:
         worker.start()
     for worker in [*threads, *processes]:
