@@ -7,7 +7,7 @@ puts it on PostgreSQL, where every replica logs to and trains from the same rows
 The log is the raw material of new adapters, so it must lose nothing: each
 turn (the user's message and the answer) is written in one transaction. SQLite
 runs in WAL mode with a busy timeout, so processes can write at
-once. Within a process, writes go through one connection, one at a time:
+once. Within a process, SQLite writes go through one connection, one at a time:
 opening a connection costs more than a turn's inserts (2.3 against 0.6 ms),
 and writers that queue on SQLite's own lock poll it with sleeps of up to tens
 of milliseconds, which the answers that finish in the same decoding step and

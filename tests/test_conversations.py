@@ -13,7 +13,8 @@ import pytest
 
 from conversations.log import ConversationLog
 from conversations.migrations import MIGRATIONS
-from core.errors import InvalidRequestError, NotFoundError
+from core.errors import ConfigError, InvalidRequestError, NotFoundError
+from core.settings import load_settings
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 SOURCES = [{"id": "kb:doc.md:0", "source": "doc.md", "section": "Returns", "text": "30 days.", "score": 0.8}]
@@ -156,3 +157,27 @@ def test_concurrent_writers_in_threads_and_processes_lose_nothing(where):
     history = log.history(shared.conversation_id, 1000)
     assert len(history) == 2 * (1 + 4 * 40)
     assert [m["role"] for m in history] == ["user", "assistant"] * (1 + 4 * 40)
+
+
+def test_a_named_lock_is_held_once_across_logs_and_ping_answers(where):
+    """Two log objects on one database stand for two processes (separate connections, separate file handles)."""
+    first, second = ConversationLog(where), ConversationLog(where)
+    assert first.ping() > 0
+    held = first.try_lock("training")
+    assert held is not None
+    assert second.try_lock("training") is None
+    other = second.try_lock("something-else")
+    assert other is not None
+    other.release()
+    held.release()
+    again = second.try_lock("training")
+    assert again is not None
+    again.release()
+
+
+def test_database_url_picks_the_log_and_anything_but_postgresql_is_refused(tmp_path):
+    url = "postgresql://switchboard@db.internal:5432/switchboard"
+    assert load_settings({"home": tmp_path}, environ={"SWITCHBOARD_DATABASE_URL": url}).conversation_log == url
+    assert load_settings({"home": tmp_path}, environ={}).conversation_log == tmp_path / "conversations.db"
+    with pytest.raises(ConfigError, match="database_url"):
+        load_settings({"home": tmp_path}, environ={"SWITCHBOARD_DATABASE_URL": "mysql://db/x"})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import time
 
 import psycopg
 import pytest
@@ -51,18 +50,16 @@ def test_feedback_from_another_process_lands_on_the_same_turn(postgres_db):
     assert log.count_messages() == 2
 
 
-def _open(url: str, start) -> None:
-    start.wait(timeout=60)
+def _open(url: str, together) -> None:
+    together.wait(timeout=60)  # every interpreter has started: they open the log at the same moment
     ConversationLog(url)
 
 
 def test_processes_opening_a_new_database_at_once_apply_each_migration_once(postgres_db):
-    start = SPAWN.Event()
-    openers = [SPAWN.Process(target=_open, args=(postgres_db, start)) for _ in range(4)]
+    together = SPAWN.Barrier(4)
+    openers = [SPAWN.Process(target=_open, args=(postgres_db, together)) for _ in range(4)]
     for opener in openers:
         opener.start()
-    time.sleep(1.0)  # let the interpreters start, so they open the log together
-    start.set()
     for opener in openers:
         opener.join(timeout=120)
     assert [opener.exitcode for opener in openers] == [0, 0, 0, 0]
@@ -76,7 +73,9 @@ def test_processes_opening_a_new_database_at_once_apply_each_migration_once(post
 def test_an_outage_raises_unavailable_and_the_same_log_recovers(postgres_db):
     log = ConversationLog(postgres_db)
     before = log_one(log, "before", "a")
-    assert log.ping() > 0
+    pg_stop()
+    pg_start()
+    assert log.ping() > 0  # a restart between two calls goes unnoticed: the pooled connection it broke is replaced
     pg_stop()
     try:
         with pytest.raises(UnavailableError, match=r"the conversation database at 127\.0\.0\.1:\d+ does not answer"):
