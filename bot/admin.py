@@ -10,12 +10,14 @@ knowledge base) so it is live without a restart.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
@@ -29,6 +31,8 @@ from knowledge.passage import Passage
 if TYPE_CHECKING:
     from bot.parts import Parts
     from training.request import TrainRequest
+
+log = logging.getLogger(__name__)
 
 Upload = tuple[str, "IO[bytes] | Path"]
 COPY_CHUNK = 1 << 20
@@ -70,6 +74,23 @@ def safe_name(name: str | None) -> str:
     return path.name
 
 
+def _probe(check: Callable[[], object]) -> dict[str, Any]:
+    """One part's state for ``/health``: its round-trip time, or the one-line reason it does not answer."""
+    started = time.perf_counter()
+    try:
+        check()
+    except SwitchboardError as exc:
+        return {"status": "down", "error": str(exc)}
+    except OSError as exc:  # a registry folder on a mount that went away
+        return {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
+    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _adapter_of(key: str) -> str:
+    """The adapter name of an engine key (``NAME__vN_TIME``, see ``Manifest.key``)."""
+    return key.rsplit("__v", 1)[0]
+
+
 def split_lines(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
@@ -84,18 +105,93 @@ class Admin:
     def __init__(self, parts: "Parts") -> None:
         self.parts = parts
         self._exporting = threading.Lock()
+        self._following = threading.Lock()
+        self._revision: int | None = None  # the registry's revision the router and the engine last followed
 
     @property
     def max_upload_bytes(self) -> int:
         return self.parts.settings.server.max_upload_bytes
 
     def health(self) -> dict[str, Any]:
-        """What ``/health`` reports: the base model and each adapter's status; raises when generation has stopped."""
+        """What ``/health`` reports: each part this server relies on, with its latency, the base model and each
+        adapter's status. ``status`` is "down" when a part does not answer (the route then answers 503 naming it);
+        a generation worker that stopped raises, since only a restart helps."""
         parts = self.parts
         if parts.built("scheduler") and not parts.scheduler.alive:
             raise WorkerDownError("the generation worker is not running; see the server log")
+        checks = {name: _probe(check) for name, check in self._probes().items()}
+        down = [f"{name}: {check['error']}" for name, check in checks.items() if "error" in check]
         adapters = [{"name": m.name, "version": m.version, "status": m.status} for m in parts.registry.list()]
-        return {"status": "ok", "base_model": parts.settings.base_model, "adapters": adapters}
+        report = {"status": "down" if down else "ok", "base_model": parts.settings.base_model, "adapters": adapters}
+        return {**report, "parts": checks, **({"error": "; ".join(down)} if down else {})}
+
+    def _probes(self) -> dict[str, Callable[[], object]]:
+        """A cheap round trip to each shared part this process has built (a part never used is not probed)."""
+        parts = self.parts
+        probes: dict[str, Callable[[], object]] = {"registry": parts.registry.revision}
+        if parts.built("engine"):
+            probes["engine"] = parts.engine.ping
+        if parts.built("log"):
+            probes["database"] = parts.log.ping
+        if parts.built("knowledge"):
+            probes["knowledge"] = parts.knowledge.ping
+        return probes
+
+    # ---- following the registry
+
+    def follow(self) -> bool:
+        """Serve the registry as it is now, after a change made here or by a replica sharing its folder.
+
+        The router re-reads the adapters and the engine drops what is no longer served (:meth:`_sync_engine`);
+        a request always gets the version served at that moment. Costs one small file read when nothing
+        changed; True when something did (the first call always).
+        """
+        registry = self.parts.registry
+        with self._following:
+            revision = registry.revision()
+            if revision == self._revision:
+                return False
+            if self.parts.built("router"):
+                self.parts.router.follow(registry)
+            if self.parts.built("engine"):
+                self._sync_engine({m.name: m for m in registry.list() if m.enabled})
+            self._revision = revision
+        return True
+
+    def _sync_engine(self, served: dict[str, Manifest]) -> None:
+        """Unload what nothing serves any more, each version once its requests finish. Loading is left to the
+        first request that needs a version, or to the admin action that made the change (:meth:`_preload`):
+        on a shared vLLM server the replica that made a change loads it, once, and the others find it there."""
+        engine = self.parts.engine
+        for key in engine.resident_adapters:
+            manifest = served.get(_adapter_of(key))
+            if manifest is None or manifest.key != key:
+                engine.unload_adapter(key)
+
+    def _preload(self, manifest: Manifest) -> None:
+        """Load the version an admin action just made the served one, before the action answers."""
+        if not (manifest.enabled and self.parts.built("engine")):
+            return
+        try:
+            self.parts.engine.ensure(manifest)
+        except SwitchboardError as exc:  # its requests get the error (and try again); the others are served
+            log.warning("adapter %s v%d could not be loaded yet: %s", manifest.name, manifest.version, exc)
+
+    def watch(self, interval_s: float) -> threading.Thread:
+        """Follow the registry every ``interval_s`` seconds in the background, so a change another replica made
+        is served here within that time even before a request asks for it."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    self.follow()
+                except Exception:  # a shared folder briefly unreadable must not end the watch
+                    log.warning("following the adapter registry failed; trying again", exc_info=True)
+
+        thread = threading.Thread(target=loop, name="registry-watch", daemon=True)
+        thread.start()
+        return thread
 
     # ---- adapters
 
@@ -132,44 +228,27 @@ class Admin:
                 no_answer=no_answer,
                 provenance={"source": "upload"},
             )
-        self._unload(name, keep=manifest)
-        self._follow()
+        self.follow()
+        self._preload(manifest)
         return manifest
 
     def set_enabled(self, name: str, enabled: bool) -> Manifest:
         manifest = self.parts.registry.set_status(name, "enabled" if enabled else "disabled")
-        self._follow()
+        self.follow()
+        self._preload(manifest)
         return manifest
 
     def remove_adapter(self, name: str) -> None:
         """Remove every version; the engine drops its weights so a later install of the name starts clean."""
         self.parts.registry.remove(name)
-        self._unload(name)
-        self._follow()
+        self.follow()
 
     def rollback_adapter(self, name: str) -> Manifest:
         """Serve the previous version again, live: the engine drops the newer weights and the router its examples."""
         manifest = self.parts.registry.rollback(name)
-        self._unload(name, keep=manifest)
-        self._follow()
+        self.follow()
+        self._preload(manifest)
         return manifest
-
-    def _follow(self) -> None:
-        """The router serves the change now; one not built yet reads the registry when it is."""
-        if self.parts.built("router"):
-            self.parts.router.follow(self.parts.registry)
-
-    def _unload(self, name: str, keep: Manifest | None = None) -> None:
-        """Tell the engine: the version now served is loaded first (traffic moves only to loaded weights), then
-        the others of the name are unloaded once their requests finish."""
-        if not self.parts.built("engine"):  # nothing loaded in a process that never generated
-            return
-        engine = self.parts.engine
-        if keep is not None and keep.enabled:
-            engine.ensure(keep)
-        for key in engine.resident_adapters:
-            if key.startswith(f"{name}__v") and (keep is None or key != keep.key):
-                engine.unload_adapter(key)
 
     def _unzip(self, archive: Path, target: Path) -> Path:
         """The adapter files of a zip, wherever they sit inside it; members are read, never extracted by path."""
@@ -293,6 +372,10 @@ class Admin:
 
     def training_status(self, run_id: str) -> dict[str, Any]:
         return self.parts.training_runs.status(run_id)
+
+    def active_training(self) -> dict[str, Any] | None:
+        """The run in progress on this or any replica sharing the log, for the Training tab to follow."""
+        return self.parts.training_runs.active()
 
     def preview_training(self, request: TrainRequest) -> dict[str, Any]:
         """The dataset card a run of ``request`` would train on, built without training."""

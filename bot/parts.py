@@ -112,7 +112,7 @@ class Parts:
         """The conversation log every turn and rating goes to."""
         from conversations.log import ConversationLog
 
-        return ConversationLog(self.settings.conversation_log)
+        return ConversationLog(self.settings.conversations_db)
 
     @cached_property
     def router(self):

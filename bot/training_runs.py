@@ -4,12 +4,10 @@
 trains in a thread; ``status`` reports the state, the phase, step/total with
 an ETA, the training loss of every step so far, and the report when done.
 The status is also written to the run folder (``status.json``) and to the
-log's database (``training_runs``), so a run started by another process, or
-before a restart, can still be looked up, by every replica when they share a
-PostgreSQL database. One run at a time across every process sharing the log:
-training takes the whole machine, and ``start`` takes the log's ``training``
-lock (a PostgreSQL advisory lock, or a file lock beside the SQLite file) for the
-run's lifetime, released when the run ends or its process dies.
+log's database, so a run started by another process, another replica or
+before a restart can still be looked up. One run at a time among every
+process sharing the log (a lock in its database): training takes the whole
+machine, and a deploy must not race another.
 """
 
 from __future__ import annotations
@@ -18,12 +16,13 @@ import json
 import logging
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from adapters.registry import Registry
-from conversations.database import Held
 from conversations.log import ConversationLog
-from core.errors import LockedError, NotFoundError, SwitchboardError, UnavailableError
+from conversations.runs import RunRecords
+from core.errors import LockedError, NotFoundError, SwitchboardError
 from core.files import write_json_atomic
 from core.settings import Settings
 from engine.threads import use_all
@@ -31,8 +30,11 @@ from training.finetune import Progress
 from training.request import TrainRequest, parse_request
 from training.train import new_run_id, run_outcome, train_adapter
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
+
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")  # rejected: the gate said no
+ACTIVE = ("queued", "running")
+LOCK = "training"
 
 
 class RunManager:
@@ -40,26 +42,24 @@ class RunManager:
         self.settings = settings
         self.registry = registry
         self.log = log
+        self.records = RunRecords(log.database)
         self._lock = threading.Lock()
+        self._held: dict[str, ExitStack] = {}  # run id -> the database lock its run holds
         self._runs: dict[str, dict[str, Any]] = {}
         self._stops: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
 
     def start(self, request: TrainRequest | dict[str, Any]) -> str:
-        """Start a run in the background and return its id; refuses while a run is active here or in any
-        other process sharing the log."""
+        """Start a run in the background and return its id; refuses while another run is active, here or on
+        another replica sharing the log."""
         if not isinstance(request, TrainRequest):
             request = parse_request(request)
         with self._lock:
-            if any(s["state"] in ("queued", "running") for s in self._runs.values()):
+            if any(s["state"] in ACTIVE for s in self._runs.values()):
                 raise LockedError("a training run is already in progress; wait for it to finish")
-            held = self.log.try_lock("training")
-            if held is None:
-                raise LockedError(
-                    "a training run is in progress elsewhere (another process sharing the conversation log); "
-                    "wait for it to finish"
-                )
+            held = self._take_lock()
             run_id = new_run_id()
+            self._held[run_id] = held
             self._runs[run_id] = {
                 "run_id": run_id,
                 "adapter": request.adapter,
@@ -74,27 +74,61 @@ class RunManager:
                 "finished_at": None,
             }
             self._stops[run_id] = threading.Event()
-            thread = threading.Thread(
-                target=self._work, args=(run_id, request, held), name=f"train-{run_id}", daemon=True
-            )
+            thread = threading.Thread(target=self._work, args=(run_id, request), name=f"train-{run_id}", daemon=True)
             self._threads[run_id] = thread
         self._save(run_id)
         thread.start()
         return run_id
 
+    def _take_lock(self) -> ExitStack:
+        """The database's training lock, held until the run ends (closing the stack frees it); refused while
+        another replica trains."""
+        held = ExitStack()
+        try:
+            held.enter_context(self.log.database.lock(LOCK))
+        except LockedError:
+            others = self.records.active()
+            running = f" (run {others[0]['run_id']} for {others[0]['adapter']!r})" if others else ""
+            raise LockedError(
+                f"a training run is already in progress on another replica{running}; wait for it to finish"
+            ) from None
+        return held
+
     def status(self, run_id: str) -> dict[str, Any]:
-        """A run's status: this process's own runs, then runs recorded in the log's database (by any
-        process), then the status.json of runs from before the database recorded them."""
         with self._lock:
             if run_id in self._runs:
                 return json.loads(json.dumps(self._runs[run_id], default=str))
-        recorded = self.log.run_status(run_id)
+        if "/" in run_id or run_id.startswith("."):
+            raise NotFoundError(f"no training run {run_id!r}")
+        recorded = self.records.get(run_id)  # started by another replica, or before a restart
         if recorded is not None:
             return recorded
         path = self.settings.runs_dir / run_id / "status.json"
-        if "/" in run_id or run_id.startswith(".") or not path.is_file():
+        if not path.is_file():
             raise NotFoundError(f"no training run {run_id!r}")
         return json.loads(path.read_text(encoding="utf-8"))
+
+    def active(self) -> dict[str, Any] | None:
+        """The run in progress anywhere among the processes sharing the log, or None.
+
+        A run recorded as active while nobody holds the lock lost its process
+        (killed, or the machine went down): it is recorded as failed, once.
+        """
+        with self._lock:
+            for status in self._runs.values():
+                if status["state"] in ACTIVE:
+                    return json.loads(json.dumps(status, default=str))
+        recorded = self.records.active()
+        if not recorded:
+            return None
+        try:
+            with self.log.database.lock(LOCK):
+                for status in recorded:
+                    status.update(state="failed", error="the process running it stopped", finished_at=time.time())
+                    self.records.save(status)
+        except LockedError:
+            return recorded[0]
+        return None
 
     def cancel(self, run_id: str) -> None:
         """Ask a run to stop after its current step; it ends 'cancelled' and installs nothing."""
@@ -120,9 +154,9 @@ class RunManager:
             snapshot = json.loads(json.dumps(self._runs[run_id], default=str))
         write_json_atomic(folder / "status.json", snapshot)
         try:
-            self.log.record_run(run_id, snapshot)
-        except UnavailableError as exc:  # status.json has it; the next save records the run again
-            logger.warning("training run %s: status not recorded in the database: %s", run_id, exc)
+            self.records.save(snapshot)
+        except SwitchboardError as exc:  # the run goes on; other replicas see it again with the next change
+            log.warning("training run %s: its status could not be recorded in the database: %s", run_id, exc)
 
     def _on_progress(self, run_id: str, phase: str, progress: Progress | None) -> None:
         changes: dict[str, Any] = {"phase": phase}
@@ -148,17 +182,13 @@ class RunManager:
             return points
         return [*points, {"step": progress.step, "loss": progress.loss}]
 
-    def _work(self, run_id: str, request: TrainRequest, held: Held) -> None:
-        """Train, then free the training lock before the final status, so whoever sees the run end may start
-        the next one at once."""
+    def _work(self, run_id: str, request: TrainRequest) -> None:
         try:
-            ending = self._train(run_id, request)
+            self._train(run_id, request)
         finally:
-            held.release()
-        self._update(run_id, **ending, finished_at=time.time())
+            self._held.pop(run_id).close()
 
-    def _train(self, run_id: str, request: TrainRequest) -> dict[str, Any]:
-        """Run the training; returns the run's final state and what goes with it."""
+    def _train(self, run_id: str, request: TrainRequest) -> None:
         use_all()  # a serving process keeps its other threads to one core (engine.threads); training takes them all
         self._update(run_id, state="running")
         stop = self._stops[run_id]
@@ -174,11 +204,12 @@ class RunManager:
             )
         except SwitchboardError as exc:
             state = "cancelled" if stop.is_set() else "failed"
-            return dict(state=state, error=str(exc), report=_read_report(self.settings, run_id))
+            self._update(run_id, state=state, error=str(exc), report=_read_report(self.settings, run_id), finished_at=time.time())
         except Exception as exc:  # a background thread has no one else to tell
-            return dict(state="failed", error=f"{type(exc).__name__}: {exc}", report=_read_report(self.settings, run_id))
-        state = "succeeded" if report.get("installed") else "rejected"
-        return dict(state=state, outcome=run_outcome(report), report=report)
+            self._update(run_id, state="failed", error=f"{type(exc).__name__}: {exc}", report=_read_report(self.settings, run_id), finished_at=time.time())
+        else:
+            state = "succeeded" if report.get("installed") else "rejected"
+            self._update(run_id, state=state, outcome=run_outcome(report), report=report, finished_at=time.time())
 
 
 def _read_report(settings: Settings, run_id: str) -> dict[str, Any] | None:

@@ -1,22 +1,12 @@
-"""The conversation log: every chat turn and every rating, in SQLite or in a PostgreSQL database replicas share.
-
-The ``database_url`` setting picks the database (:mod:`conversations.database`):
-unset, the log is the file ``home/conversations.db``; a ``postgresql://`` URL
-puts it on PostgreSQL, where every replica logs to and trains from the same rows.
+"""The conversation log: every chat turn and every rating, in SQLite or on a PostgreSQL server.
 
 The log is the raw material of new adapters, so it must lose nothing: each
-turn (the user's message and the answer) is written in one transaction. SQLite
-runs in WAL mode with a busy timeout, so processes can write at
-once. Within a process, SQLite writes go through one connection, one at a time:
-opening a connection costs more than a turn's inserts (2.3 against 0.6 ms),
-and writers that queue on SQLite's own lock poll it with sleeps of up to tens
-of milliseconds, which the answers that finish in the same decoding step and
-log together would wait through (4 at once: 22 against 4 ms at the 95th
-percentile). Reads open a connection of their own. The schema only grows
-through the named migrations of :mod:`conversations.migrations`, each recorded in
-``_migrations`` once applied. On PostgreSQL connections are pooled (pinged
-before use) and concurrent writers of one conversation queue on its row; a
-database that does not answer raises :class:`core.errors.UnavailableError`.
+turn (the user's message and the answer) is written in one transaction, on
+either database (:mod:`conversations.database`), so a process killed mid-turn
+leaves no half turn, and processes sharing the log (replicas behind a load
+balancer, on PostgreSQL) see each other's turns and ratings. The schema only
+grows through the named migrations of :mod:`conversations.migrations`, each
+recorded in ``_migrations`` once applied.
 
 Each assistant message keeps what is needed to rebuild the exact prompt it
 was served with (system prompt, sources, earlier messages), so training can
@@ -35,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from conversations.database import Connection, Held, Row, open_database
+from conversations.database import Connection, Database, open_database
 from conversations.migrations import migrate
 from core.errors import InvalidRequestError, NotFoundError
 
@@ -119,40 +109,16 @@ def _check_id(value: str, what: str) -> str:
 
 
 class ConversationLog:
-    """The log in one SQLite file or one PostgreSQL database; safe to share between threads and processes."""
+    """The log in one database; safe to share between threads and processes."""
 
-    def __init__(self, where: Path | str) -> None:
-        """``where`` is a ``postgresql://`` URL or the path of the SQLite file."""
-        self._db = open_database(where)
-        self.location = self._db.location
-        migrate(self._db)
+    def __init__(self, location: Path | str) -> None:
+        """``location``: a SQLite file's path, or a ``postgresql://`` URL (the ``database_url`` setting)."""
+        self.database: Database = open_database(location)
+        migrate(self.database)
 
-    def ping(self) -> float:
-        """Round-trip milliseconds of a ``SELECT 1``; raises UnavailableError when the database does not answer."""
-        return self._db.ping()
-
-    def try_lock(self, name: str) -> Held | None:
-        """An exclusive lock named ``name`` across every process sharing this log (None while another holds it);
-        it is released by ``release()`` or when its holder dies."""
-        return self._db.try_lock(name)
-
-    # --- training runs: their latest status, visible to every process sharing the log ---
-
-    def record_run(self, run_id: str, status: dict) -> None:
-        """Store a training run's status snapshot (it replaces the previous one)."""
-        with self._db.write() as db:
-            db.execute(
-                "INSERT INTO training_runs (run_id, adapter, state, status, updated_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(run_id) DO UPDATE SET state = excluded.state, status = excluded.status, "
-                "updated_at = excluded.updated_at",
-                (run_id, status.get("adapter"), status["state"], json.dumps(status, ensure_ascii=False), _now()),
-            )
-
-    def run_status(self, run_id: str) -> dict | None:
-        """The latest status recorded for a run, by whichever process ran it; None for an unknown run."""
-        with self._db.read() as db:
-            row = db.execute("SELECT status FROM training_runs WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else json.loads(row[0])
+    def ping(self) -> None:
+        """Raise UnavailableError when the database does not answer (``/health``)."""
+        self.database.ping()
 
     # --- writing ---
 
@@ -182,15 +148,17 @@ class ConversationLog:
         user_id, answer_id = _new_id("msg"), _new_id("msg")
         now = _now()
         sources_json = json.dumps(list(sources or []), ensure_ascii=False)
-        with self._db.write() as db:
+        with self.database.write() as db:
             db.execute(
                 "INSERT INTO conversations (id, created_at, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at",
                 (conversation_id, now, now),
             )
+            # On PostgreSQL the upsert above locks the conversation's row until commit: turns of one
+            # conversation logged at once take their numbers one after the other.
             seq = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", (conversation_id,)
-            ).fetchone()[0]
+                "SELECT COALESCE(MAX(seq), 0) AS top FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()["top"]
             db.execute(
                 "INSERT INTO messages (id, conversation_id, seq, role, content, created_at) VALUES (?, ?, ?, 'user', ?, ?)",
                 (user_id, conversation_id, seq + 1, user, now),
@@ -225,7 +193,7 @@ class ConversationLog:
             raise InvalidRequestError(f"rating must be 'up' or 'down', not {rating!r}")
         if correction is not None and not correction.strip():
             raise InvalidRequestError("the correction is empty")
-        with self._db.write() as db:
+        with self.database.write() as db:
             row = db.execute("SELECT role FROM messages WHERE id = ?", (message_id,)).fetchone()
             if row is None:
                 raise NotFoundError(f"no message {message_id!r}")
@@ -241,8 +209,8 @@ class ConversationLog:
 
     @cached_property
     def _feedback_key(self) -> bytes:
-        with self._db.read() as db:
-            return bytes.fromhex(db.execute("SELECT value FROM secrets WHERE name = 'feedback'").fetchone()[0])
+        with self.database.read() as db:
+            return bytes.fromhex(db.execute("SELECT value FROM secrets WHERE name = 'feedback'").fetchone()["value"])
 
     def feedback_token(self, message_id: str) -> str:
         """The secret handed out with an answer that makes feedback on it trusted (an HMAC of its id)."""
@@ -253,16 +221,16 @@ class ConversationLog:
 
     def untrusted_feedback(self) -> list[dict]:
         """Feedback waiting for an operator, oldest first, with the answer it is about."""
-        with self._db.read() as db:
+        with self.database.read() as db:
             rows = db.execute(
                 "SELECT f.message_id, f.rating, f.comment, f.correction, f.created_at, m.content AS answer "
                 "FROM feedback f JOIN messages m ON m.id = f.message_id WHERE f.trusted = 0 ORDER BY f.id"
             ).fetchall()
-        return [{key: row[key] for key in row.keys()} for row in rows]
+        return [dict(row) for row in rows]
 
     def accept_feedback(self, message_id: str) -> int:
         """Trust the untrusted feedback on one answer (an operator read it); returns how many entries."""
-        with self._db.write() as db:
+        with self.database.write() as db:
             accepted = db.execute(
                 "UPDATE feedback SET trusted = 1, accepted_at = ? WHERE message_id = ? AND trusted = 0",
                 (_now(), message_id),
@@ -275,7 +243,7 @@ class ConversationLog:
 
     def history(self, conversation_id: str, limit: int = 20) -> list[dict]:
         """The last ``limit`` messages of a conversation, oldest first; none for an unknown conversation."""
-        with self._db.read() as db:
+        with self.database.read() as db:
             rows = db.execute(
                 "SELECT role, content FROM messages WHERE conversation_id = ? ORDER BY seq DESC LIMIT ?",
                 (conversation_id, max(0, int(limit))),
@@ -283,8 +251,8 @@ class ConversationLog:
         return [{"role": r["role"], "content": r["content"]} for r in reversed(rows)]
 
     def count_messages(self) -> int:
-        with self._db.read() as db:
-            return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        with self.database.read() as db:
+            return int(db.execute("SELECT COUNT(*) AS n FROM messages").fetchone()["n"])
 
     def turns(
         self,
@@ -315,7 +283,7 @@ class ConversationLog:
         if corrected_only:
             where.append("c.correction IS NOT NULL")
         query = (
-            "SELECT a.rowid AS row_order, a.*, u.content AS user_content, f.rating, f.comment, c.correction "
+            "SELECT a.rowid AS position, a.*, u.content AS user_content, f.rating, f.comment, c.correction "
             "FROM messages a JOIN messages u ON u.id = a.reply_to "
             "LEFT JOIN feedback f ON f.id = (SELECT MAX(id) FROM feedback WHERE message_id = a.id AND trusted = 1) "
             "LEFT JOIN feedback c ON c.id = "
@@ -324,15 +292,15 @@ class ConversationLog:
         )
         last = 0
         while True:
-            with self._db.read() as db:
+            with self.database.read() as db:
                 rows = db.execute(query, (*params, last)).fetchall()
                 page = [self._turn(db, row, history_limit) for row in rows]
             yield from page
             if len(rows) < PAGE:
                 return
-            last = rows[-1]["row_order"]
+            last = rows[-1]["position"]
 
-    def _turn(self, db: Connection, row: Row, history_limit: int) -> Turn:
+    def _turn(self, db: Connection, row, history_limit: int) -> Turn:
         user_seq = row["seq"] - 1
         earlier = db.execute(
             "SELECT role, content FROM messages WHERE conversation_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",

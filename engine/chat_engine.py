@@ -24,6 +24,10 @@ class ChatEngine:
     fingerprint: BaseFingerprint
     context_window: int
 
+    def ping(self) -> None:
+        """Raise :class:`core.errors.UnavailableError` when the weights cannot be reached; in this process they
+        always can (a stopped generation worker is the scheduler's to report)."""
+
     def render(self, messages: list[dict]) -> list[int]:
         """The prompt's token ids: the chat template's text, tokenized without adding special tokens again."""
         if not messages:

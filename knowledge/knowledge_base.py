@@ -16,8 +16,10 @@ disk or, for instances that do not hold the lock, before every use.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import InvalidRequestError, SwitchboardError
 from knowledge.collections import Collections
@@ -32,6 +34,19 @@ from knowledge.writer import Writer
 if TYPE_CHECKING:
     from core.settings import Settings
     from knowledge.embeddings import Encoder
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _on_the_store(method: Method) -> Method:
+    """A Chroma server that does not answer makes the call a 503 naming it (``ChromaStore.reachable``)."""
+
+    @functools.wraps(method)
+    def wrapper(self: "KnowledgeBase", *args, **kwargs):
+        with self._collections.store.reachable():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class KnowledgeBase:
@@ -50,7 +65,9 @@ class KnowledgeBase:
             raise
         model_name = canonical_model_name(str(getattr(encoder, "model_name", settings.embedding_model)))
         # Only the lock holder knows nobody else writes, so only it may trust what it holds in memory.
-        self._collections = Collections(store, model_name, trusted=self._lock is not None)
+        self._collections = Collections(
+            store, model_name, trusted=self._lock is not None, refresh_s=self.config.refresh_s if self.config.chroma_url else 0.0
+        )
         self._indexes = LexicalIndexes(self._collections, folder, read_only=read_only)
         self._writer = Writer(self.config, encoder, self._collections, self._indexes)
         self._encoder = encoder
@@ -67,8 +84,13 @@ class KnowledgeBase:
             self._lock.release()
             self._lock = None
 
+    def ping(self) -> None:
+        """Raise UnavailableError when the Chroma store does not answer (``/health``)."""
+        self._collections.store.ping()
+
     # ---- writing
 
+    @_on_the_store
     def ingest(
         self,
         paths: list[Path],
@@ -88,6 +110,7 @@ class KnowledgeBase:
         self._require_writer()
         return self._writer.ingest(paths, collection, progress, replace, uploaded)
 
+    @_on_the_store
     def remove(self, source: str, collection: str) -> dict:
         """Delete one document's chunks; returns {collection, source, chunks}."""
         self._require_writer()
@@ -99,6 +122,7 @@ class KnowledgeBase:
 
     # ---- reading
 
+    @_on_the_store
     def retrieve(
         self,
         query: str,
@@ -118,6 +142,7 @@ class KnowledgeBase:
         """
         return self._retrieve(query, collections, k, min_score, mode, sources, strict=False, vector=vector)
 
+    @_on_the_store
     def search(
         self,
         query: str,
@@ -160,6 +185,7 @@ class KnowledgeBase:
         store = self._collections.store
         return hybrid_search(store, targets, text, vector, k, min_score, mode=mode, sources=sources)
 
+    @_on_the_store
     def list_collections(self) -> list[dict]:
         """[{name, documents, chunks}] of every knowledge collection."""
         result = []
@@ -170,6 +196,7 @@ class KnowledgeBase:
                 result.append({"name": name, "documents": len(index.documents), "chunks": len(index)})
         return result
 
+    @_on_the_store
     def list_documents(self, collection: str) -> list[dict]:
         """[{source, title, chunks, ingested_at}] of one collection, by source."""
         index = self._indexes.get(collection, self._collections.require(collection))

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
-from core.errors import ConfigError, InvalidRequestError, LockedError
+from core.errors import ConfigError, InvalidRequestError, LockedError, UnavailableError
 
 PREFIX = "kb_"
 STATE_KEY = "lexical_state"
@@ -29,6 +31,7 @@ MODEL_KEY = "embedding_model"
 _MARKER = {"switchboard": "knowledge"}
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")
 _PAGE = 5000
+RETRY_AFTER_S = 5.0
 
 
 def check_collection_name(name: str) -> str:
@@ -95,7 +98,26 @@ class ChromaStore:
             folder.mkdir(parents=True, exist_ok=True)
             self.client = chromadb.PersistentClient(str(folder), settings=chroma_settings)
         self.remote = bool(url)
+        self.url = url
         self._batch = min(self.client.get_max_batch_size(), _PAGE)
+
+    @contextmanager
+    def reachable(self) -> Iterator[None]:
+        """A Chroma server that does not answer fails the request with a 503 naming it, never a traceback;
+        the client connects again by itself once the server is back."""
+        import httpx
+
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise UnavailableError(
+                f"the Chroma server at {self.url} does not answer ({type(exc).__name__}); try again shortly",
+                retry_after=RETRY_AFTER_S,
+            ) from exc
+
+    def ping(self) -> None:
+        with self.reachable():
+            self.client.heartbeat()
 
     def names(self) -> list[str]:
         names = []

@@ -76,7 +76,7 @@ class Writer:
         check_collection_name(collection)
         report = IngestReport(collection)
         with self._mutex:
-            chroma = self._collections.get(collection)
+            chroma = self._collections.get(collection, fresh=True)
             if chroma is not None:
                 self._collections.check_model(collection, chroma)
             index = self._indexes.get(collection, chroma) if chroma is not None else LexicalIndex.empty()
@@ -89,22 +89,33 @@ class Writer:
                 written = self._store_documents(chroma, collection, prepared, report, bar)
             report.documents = len(written)
             report.chunks = sum(len(texts) for _, texts in written)
-            self._indexes.publish(collection, index.with_changes(set(), written, state))
+            self._settle(collection, chroma, index.with_changes(set(), written, state))
         return report
 
     def remove(self, source: str, collection: str) -> dict:
         """See :meth:`knowledge.knowledge_base.KnowledgeBase.remove`."""
         store = self._collections.store
         with self._mutex:
-            chroma = self._collections.require(collection)
+            chroma = self._collections.require(collection, fresh=True)
             ids = store.ids_of(chroma, [source])
             if not ids:
                 raise NotFoundError(f"no document '{source}' in collection '{collection}'")
             index = self._indexes.get(collection, chroma)
             state = self._collections.new_state(chroma)
             store.delete(chroma, ids)
-            self._indexes.publish(collection, index.with_changes({source}, [], state))
+            self._settle(collection, chroma, index.with_changes({source}, [], state))
         return {"collection": collection, "source": source, "chunks": len(ids)}
+
+    def _settle(self, collection: str, chroma, changed: LexicalIndex) -> None:
+        """The lexical index after a change. The writer lock's holder knows its change is the only one and
+        publishes the index it derived. On a Chroma server another replica may have written beside it: the
+        change gets a new state token once written (every replica's index is stale then, and the one that
+        notices first rebuilds from the store, which holds both changes), and this one rebuilds now."""
+        if self._collections.trusted:
+            self._indexes.publish(collection, changed)
+            return
+        self._collections.new_state(chroma)
+        self._indexes.get(collection, chroma)
 
     def _prepare(
         self, files: list[Path], index: LexicalIndex, report: IngestReport, progress: bool, replace: bool, uploaded: bool

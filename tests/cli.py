@@ -9,19 +9,27 @@ beside them is slower (the demo bootstrap in the suite's process: 706 and
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli_env(home: Path, base_model: str | Path | None = None) -> dict[str, str]:
-    """This environment without the caller's own ``SWITCHBOARD_*`` settings, pointed at ``home``."""
+def cli_env(home: Path, base_model: str | Path | None = None, **settings: str) -> dict[str, str]:
+    """This environment without the caller's own ``SWITCHBOARD_*`` settings, pointed at ``home``; ``settings``
+    add some by their variable's name without the prefix (``DATABASE_URL="postgresql://..."``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     env["SWITCHBOARD_HOME"] = str(home)
     if base_model is not None:
         env["SWITCHBOARD_BASE_MODEL"] = str(base_model)
+    env.update({f"SWITCHBOARD_{name}": value for name, value in settings.items()})
     return env
 
 
@@ -31,9 +39,66 @@ def command(*args: str) -> list[str]:
 
 
 def switchboard(
-    home: Path, *args: str, base_model: str | Path | None = None, timeout: float = 300
+    home: Path, *args: str, base_model: str | Path | None = None, timeout: float = 300, settings: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run ``switchboard *args`` on ``home`` and capture its output as text."""
+    """Run ``switchboard *args`` on ``home`` and capture its output as text (``settings``: see :func:`cli_env`)."""
     return subprocess.run(
-        command(*args), cwd=ROOT, env=cli_env(home, base_model), capture_output=True, text=True, timeout=timeout,
+        command(*args), cwd=ROOT, env=cli_env(home, base_model, **(settings or {})), capture_output=True, text=True,
+        timeout=timeout,
     )
+
+
+# ---- long-running commands: started in their own process group, killed with SIGKILL like a crash
+
+
+def start(home: Path, base_model: Path, *args: str, **settings: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        command(*args), cwd=ROOT, env=cli_env(home, base_model, **settings), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def kill(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def read_stderr(process: subprocess.Popen) -> list[str]:
+    """Collect the process's stderr in the background (progress bars write without newlines)."""
+    seen: list[str] = []
+    threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True).start()
+    return seen
+
+
+def wait_for(
+    condition, seconds: float, process: subprocess.Popen | None = None, seen: list[str] = (), every: float = 0.05
+) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process ended early: {''.join(seen)[-2000:]}")
+        assert time.monotonic() < deadline, "".join(seen)[-2000:]
+        time.sleep(every)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def serve(home: Path, base_model: Path, **settings: str) -> tuple[subprocess.Popen, str, list[str]]:
+    """``switchboard serve`` on a free loopback port, once ``/health`` answers 200."""
+    port = free_port()
+    process = start(home, base_model, "serve", "--port", str(port), **settings)
+    seen = read_stderr(process)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: healthy(url), 300, process, seen)
+    return process, url, seen

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from postgres import postgres_db, postgres_url  # noqa: F401  (fixtures: a throwaway PostgreSQL cluster)
 
 from core.settings import Settings, load_settings
 
@@ -256,3 +255,25 @@ def browser():
         yield chromium
         chromium.close()
 
+
+# --- shared state servers: PostgreSQL and Chroma, real ones on loopback ports -------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL 15 cluster on a loopback port for the whole session (``new_database`` per use)."""
+    from postgres import Postgres
+
+    server = Postgres().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    """A real Chroma server of this test's own (its URL); see tests/servers.py."""
+    from servers import ChromaServer
+
+    server = ChromaServer(tmp_path / "chroma-server").start()
+    yield server.url
+    server.stop()

@@ -1,23 +1,29 @@
-"""The conversation log on real SQLite and real PostgreSQL: turns, ratings, corrections, filters, migrations,
-concurrent writers. The behaviours both databases share run on both (the PostgreSQL cases start the session's
-throwaway cluster, so they are marked slow); tests/test_log_postgres.py has what only PostgreSQL needs."""
+"""The conversation log on real SQLite and a real PostgreSQL server: turns, ratings, corrections, filters,
+migrations, concurrent writers; and a PostgreSQL that stops and starts again."""
 
 from __future__ import annotations
 
 import multiprocessing
 import sqlite3
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from conversations.log import ConversationLog
 from conversations.migrations import MIGRATIONS
-from core.errors import ConfigError, InvalidRequestError, NotFoundError
-from core.settings import load_settings
+from core.errors import InvalidRequestError, LockedError, NotFoundError, UnavailableError
 
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 SOURCES = [{"id": "kb:doc.md:0", "source": "doc.md", "section": "Returns", "text": "30 days.", "score": 0.8}]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path) -> str:
+    """Where a fresh log lives: a SQLite file, or a new database on the suite's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "c.db")
+    return request.getfixturevalue("postgres").new_database()
 
 
 def log_one(log: ConversationLog, user: str = "hi", answer: str = "hello", conversation_id=None, **extra):
@@ -29,14 +35,8 @@ def log_one(log: ConversationLog, user: str = "hi", answer: str = "hello", conve
     return log.log_turn(conversation_id, user, answer, **values)
 
 
-@pytest.fixture(params=BACKENDS)
-def where(request, tmp_path) -> str:
-    """Where a fresh log lives: a SQLite file, or a new database in the session's PostgreSQL cluster."""
-    return str(tmp_path / "c.db") if request.param == "sqlite" else request.getfixturevalue("postgres_db")
-
-
-def test_a_turn_is_logged_with_everything_needed_to_rebuild_its_prompt(where):
-    log = ConversationLog(where)
+def test_a_turn_is_logged_with_everything_needed_to_rebuild_its_prompt(location):
+    log = ConversationLog(location)
     first = log_one(log, "How long do returns take?", "30 days [1].")
     second = log_one(log, "And refunds?", "5 days.", conversation_id=first.conversation_id, sources=[])
     assert first.conversation_id == second.conversation_id and first.message_id != second.message_id
@@ -60,8 +60,8 @@ def test_a_turn_is_logged_with_everything_needed_to_rebuild_its_prompt(where):
     ]
 
 
-def test_feedback_the_latest_rating_counts_and_a_correction_replaces_the_answer(where):
-    log = ConversationLog(where)
+def test_feedback_the_latest_rating_counts_and_a_correction_replaces_the_answer(location):
+    log = ConversationLog(location)
     good = log_one(log, "q1", "a1")
     bad = log_one(log, "q2", "wrong")
     unrated = log_one(log, "q3", "a3", adapter=None, adapter_version=None)
@@ -77,8 +77,8 @@ def test_feedback_the_latest_rating_counts_and_a_correction_replaces_the_answer(
     assert unrated.message_id in {t.message_id for t in log.turns()}
 
 
-def test_bad_feedback_is_refused_and_changes_nothing(tmp_path):
-    log = ConversationLog(tmp_path / "c.db")
+def test_bad_feedback_is_refused_and_changes_nothing(location):
+    log = ConversationLog(location)
     ids = log_one(log)
     with pytest.raises(NotFoundError):
         log.add_feedback("msg_nope", "up")
@@ -86,14 +86,15 @@ def test_bad_feedback_is_refused_and_changes_nothing(tmp_path):
         log.add_feedback(ids.message_id, "meh")
     with pytest.raises(InvalidRequestError):
         log.add_feedback(ids.message_id, "down", correction="   ")
-    user_message = sqlite3.connect(tmp_path / "c.db").execute("SELECT id FROM messages WHERE role='user'").fetchone()[0]
+    with log.database.read() as db:
+        user_message = db.execute("SELECT id FROM messages WHERE role = 'user'").fetchone()["id"]
     with pytest.raises(InvalidRequestError):
         log.add_feedback(user_message, "up")
     assert list(log.turns(rating="up")) == [] and list(log.turns(rating="down")) == []
 
 
-def test_a_refused_write_leaves_the_log_writable(where):
-    log = ConversationLog(where)
+def test_a_refused_write_leaves_the_log_writable(location):
+    log = ConversationLog(location)
     ids = log_one(log)
     with pytest.raises(NotFoundError):  # refused inside the write transaction, which is rolled back
         log.add_feedback("msg_nope", "up")
@@ -103,8 +104,8 @@ def test_a_refused_write_leaves_the_log_writable(where):
     assert later.message_id in {t.message_id for t in log.turns()}
 
 
-def test_date_range_filters(where):
-    log = ConversationLog(where)
+def test_date_range_filters(location):
+    log = ConversationLog(location)
     log_one(log, "old")
     middle = datetime.now(timezone.utc)
     log_one(log, "new")
@@ -124,8 +125,8 @@ def test_wal_mode_and_migrations_are_recorded_once(tmp_path):
     assert MIGRATIONS[0].__name__ == "m001_initial"
 
 
-def test_many_turns_page_through_in_order(where):
-    log = ConversationLog(where)
+def test_many_turns_page_through_in_order(location):
+    log = ConversationLog(location)
     for i in range(1203):
         log_one(log, f"q{i}", f"a{i}", sources=[])
     users = [t.user for t in log.turns()]
@@ -138,15 +139,16 @@ def _write_turns(path: str, worker: int, count: int) -> None:
         log_one(log, f"w{worker}-{i}", "a", sources=[])
 
 
-def test_concurrent_writers_in_threads_and_processes_lose_nothing(where):
-    log = ConversationLog(where)
+def test_concurrent_writers_in_threads_and_processes_lose_nothing(location):
+    path = location
+    log = ConversationLog(path)
     shared = log_one(log, "start", "a")
     threads = [
         threading.Thread(target=lambda w=w: [log_one(log, f"t{w}-{i}", "a", conversation_id=shared.conversation_id) for i in range(40)])
         for w in range(4)
     ]
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_write_turns, args=(where, w, 40)) for w in range(2)]
+    processes = [context.Process(target=_write_turns, args=(path, w, 40)) for w in range(2)]
     for worker in [*threads, *processes]:
         worker.start()
     for worker in [*threads, *processes]:
@@ -159,25 +161,75 @@ def test_concurrent_writers_in_threads_and_processes_lose_nothing(where):
     assert [m["role"] for m in history] == ["user", "assistant"] * (1 + 4 * 40)
 
 
-def test_a_named_lock_is_held_once_across_logs_and_ping_answers(where):
-    """Two log objects on one database stand for two processes (separate connections, separate file handles)."""
-    first, second = ConversationLog(where), ConversationLog(where)
-    assert first.ping() > 0
-    held = first.try_lock("training")
-    assert held is not None
-    assert second.try_lock("training") is None
-    other = second.try_lock("something-else")
-    assert other is not None
-    other.release()
-    held.release()
-    again = second.try_lock("training")
-    assert again is not None
-    again.release()
+def test_migrations_on_postgresql_are_applied_once_by_processes_that_open_a_new_log_at_once(postgres):
+    url = postgres.new_database()
+    context = multiprocessing.get_context("spawn")
+    openers = [context.Process(target=ConversationLog, args=(url,)) for _ in range(3)]
+    for opener in openers:
+        opener.start()
+    for opener in openers:
+        opener.join(timeout=120)
+    assert all(p.exitcode == 0 for p in openers)
+    log = ConversationLog(url)
+    with log.database.read() as db:
+        names = [row["name"] for row in db.execute("SELECT name FROM _migrations ORDER BY applied_at").fetchall()]
+    assert names == [m.__name__ for m in MIGRATIONS]
 
 
-def test_database_url_picks_the_log_and_anything_but_postgresql_is_refused(tmp_path):
-    url = "postgresql://switchboard@db.internal:5432/switchboard"
-    assert load_settings({"home": tmp_path}, environ={"SWITCHBOARD_DATABASE_URL": url}).conversation_log == url
-    assert load_settings({"home": tmp_path}, environ={}).conversation_log == tmp_path / "conversations.db"
-    with pytest.raises(ConfigError, match="database_url"):
-        load_settings({"home": tmp_path}, environ={"SWITCHBOARD_DATABASE_URL": "mysql://db/x"})
+def test_a_postgresql_that_stops_gives_unavailable_then_the_same_log_recovers(postgres):
+    log = ConversationLog(postgres.new_database())
+    first = log_one(log)
+    log.ping()
+    postgres.stop()
+    try:
+        for call in (log.ping, lambda: log_one(log), lambda: log.add_feedback(first.message_id, "up"), log.count_messages):
+            with pytest.raises(UnavailableError, match="conversation database at 127.0.0.1:") as refused:
+                call()
+            assert refused.value.status_code == 503 and refused.value.retry_after > 0
+    finally:
+        postgres.start()
+    log.ping()
+    log.add_feedback(first.message_id, "up")
+    second = log_one(log, conversation_id=first.conversation_id)
+    assert [t.message_id for t in log.turns()] == [first.message_id, second.message_id]
+    assert log.count_messages() == 4  # nothing half-written while it was down
+
+
+def test_a_lock_in_the_database_is_held_by_one_process_and_freed_when_it_dies(location):
+    log = ConversationLog(location)
+    other = ConversationLog(location)
+    with log.database.lock("training"):
+        with pytest.raises(LockedError, match="training is held by another process"):
+            with other.database.lock("training"):
+                pass
+    with other.database.lock("training"):  # released at the end of the block
+        pass
+    context = multiprocessing.get_context("spawn")
+    holder = context.Process(target=_hold_lock_forever, args=(location,))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # wait until the child holds it
+            try:
+                with other.database.lock("training"):
+                    pass
+            except LockedError:
+                break
+            assert time.monotonic() < deadline and holder.is_alive()
+            time.sleep(0.1)
+    finally:
+        holder.kill()
+        holder.join(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:  # a dead holder's lock is free again
+        try:
+            with other.database.lock("training"):
+                break
+        except LockedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def _hold_lock_forever(location: str) -> None:
+    with ConversationLog(location).database.lock("training"):
+        time.sleep(600)

@@ -8,80 +8,21 @@ Each trial runs the installed command (``python -m bot``) in its own process gro
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
 import sqlite3
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from cli import ROOT, cli_env, command, switchboard
+from cli import kill, read_stderr, serve, start, switchboard, wait_for
 
 from adapters.registry import Registry
 
 pytestmark = pytest.mark.slow  # kills served processes with SIGKILL, many times
 
 KILL_TRIALS = ["mid-stream", "mid-install", "mid-ingest", "mid-training"]
-
-
-def start(home: Path, base_model: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        command(*args), cwd=ROOT, env=cli_env(home, base_model), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )
-
-
-def kill(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-
-
-def read_stderr(process: subprocess.Popen) -> list[str]:
-    """Collect the process's stderr in the background (progress bars write without newlines)."""
-    seen: list[str] = []
-    threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True).start()
-    return seen
-
-
-def wait_for(
-    condition, seconds: float, process: subprocess.Popen | None = None, seen: list[str] = (), every: float = 0.05
-) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process ended early: {''.join(seen)[-2000:]}")
-        assert time.monotonic() < deadline, "".join(seen)[-2000:]
-        time.sleep(every)
-
-
-# ---- mid-stream -------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _serve(home: Path, base_model: Path) -> tuple[subprocess.Popen, str, list[str]]:
-    port = _free_port()
-    process = start(home, base_model, "serve", "--port", str(port))
-    seen = read_stderr(process)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, 300, process, seen)
-    return process, url, seen
 
 
 def test_kill_9_mid_stream_loses_no_finished_turn_and_leaves_no_half_turn(base_model_dir, make_random_adapter, tmp_path):
@@ -96,7 +37,7 @@ def test_kill_9_mid_stream_loses_no_finished_turn_and_leaves_no_half_turn(base_m
     config = json.loads((tampered / "adapter_config.json").read_text())
     (tampered / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": "16"}))  # as an older release let in
 
-    server, url, seen = _serve(home, base_model_dir)  # the server starts all the same
+    server, url, seen = serve(home, base_model_dir)  # the server starts all the same
     try:
         health = httpx.get(f"{url}/health").json()
         assert {"name": "tampered", "version": 1, "status": "disabled"} in health["adapters"]
@@ -129,7 +70,7 @@ def test_kill_9_mid_stream_loses_no_finished_turn_and_leaves_no_half_turn(base_m
     for thread in threads:
         thread.join(timeout=30)
 
-    server, url, _ = _serve(home, base_model_dir)
+    server, url, _ = serve(home, base_model_dir)
     try:
         with sqlite3.connect(settings.conversations_db) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

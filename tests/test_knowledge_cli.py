@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -83,38 +79,6 @@ def test_cli_ingest_search_list_remove_and_the_lock_against_a_second_writer(tmp_
     assert [d["source"] for d in json.loads(documents.stdout)] == ["ferry.md"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def chroma_server(tmp_path):
-    chroma = Path(sys.executable).with_name("chroma")
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("the Chroma server did not start")
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def test_same_code_against_a_chroma_server(tmp_path, notes, encoder, chroma_server):
     settings = load_settings({"home": tmp_path / "home", "knowledge": {"chroma_url": chroma_server}}, environ={})
     with KnowledgeBase(settings, encoder) as kb:
@@ -123,8 +87,10 @@ def test_same_code_against_a_chroma_server(tmp_path, notes, encoder, chroma_serv
         assert kb.search("Which day is the museum closed?", ["city"])[0].source == "museum.txt"
         kb.remove("museum.txt", "city")
         assert kb.list_collections() == [{"name": "city", "documents": 1, "chunks": 1}]
-    # No lock against a server: a second client sees the same store and a consistent lexical index.
-    with KnowledgeBase(settings, encoder) as first, KnowledgeBase(settings, encoder) as second:
+    # No lock against a server: a second client sees the same store and a consistent lexical index, at once
+    # when it asks the server on every query (refresh_s 0; tests/test_knowledge_replicas.py waits out the default).
+    every_query = settings.model_copy(update={"knowledge": settings.knowledge.model_copy(update={"refresh_s": 0.0})})
+    with KnowledgeBase(every_query, encoder) as first, KnowledgeBase(every_query, encoder) as second:
         assert second.retrieve("museum closed Mondays", ["city"], mode="lexical") == []
         first.ingest([notes / "museum.txt"], "city")
         assert second.retrieve("museum closed Mondays", ["city"], mode="lexical")[0].source == "museum.txt"

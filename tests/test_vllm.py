@@ -225,8 +225,14 @@ def test_vllm_down_gives_503_then_a_restart_is_repaired_with_no_lost_turn(app, v
     assert down.status_code == 503 and int(down.headers["Retry-After"]) >= 1
     assert "vLLM server" in down.json()["error"]["message"]
     assert vllm_parts.log.count_messages() == logged  # a failed turn leaves nothing in the log
+    health = httpx.get(f"{app}/health", timeout=10)
+    assert health.status_code == 503 and int(health.headers["Retry-After"]) >= 1
+    assert health.json()["parts"]["engine"]["status"] == "down"
+    assert health.json()["error"]["message"].startswith("a part is down: engine: ")
+    assert health.json()["parts"]["database"]["status"] == "ok"
 
     vllm_server.start().wait()
+    assert httpx.get(f"{app}/health", timeout=10).json()["parts"]["engine"]["status"] == "ok"
     assert not keys & served(vllm_server)  # a restarted server has lost every adapter
     back = chat(app, "support", QUESTIONS["support"])
     assert back.status_code == 200, back.text  # noticed, repaired, retried once

@@ -199,7 +199,7 @@ def build_dataset(
     collected: list[tuple[str, Chat]] = []
     if log is not None:
         filters = filters or LogFilters()
-        sources.append(f"log:{log.location}")
+        sources.append(f"log:{log.database.where}")
         collected += _log_examples(log, filters, options.include_sources, dropped)
     for path in files:
         sources.append(f"file:{path}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from http.cookies import SimpleCookie
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from fastapi.responses import JSONResponse
@@ -47,9 +48,14 @@ UPLOAD_COOKIE = "switchboard_admin"  # set by the UI's admin-token boxes, sent o
 HTTP_METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")  # sorted: the Allow order
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_body(status: int, message: str) -> dict[str, dict[str, Any]]:
+    """The one error shape of every refusal: ``{"error": {"message", "type", "code"}}``."""
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
+    return {"error": {"message": message, "type": kind, "code": status}}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message), status, headers=headers)
 
 
 class BodyLimit:

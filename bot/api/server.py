@@ -53,6 +53,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     parts = Parts(settings)
     parts.warm()
     app = create_app(parts)
+    parts.admin.watch(settings.server.follow_s)  # changes made by another replica sharing the registry folder
     log.info("Switchboard at http://%s:%d/ (API at /v1)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 

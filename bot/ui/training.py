@@ -62,6 +62,8 @@ class Training:
         timer.tick(self.poll, [token, run_id], views, **PRIVATE)
         rollback_button.click(self.rollback, [token, controls["adapter"]], [rollback_view], **PRIVATE)
         tab.select(self.refresh_names, None, [controls["adapter"], controls["log_adapter"]], **PRIVATE)
+        for shown in (tab.select, token.change):  # whichever comes last, the tab or the token
+            shown(self.follow_active, [token, run_id], [run_id, *views], **PRIVATE)
 
     def _controls(self) -> dict[str, gr.Component]:
         """One control per request field that has one, laid out in the rows its Control names."""
@@ -128,6 +130,15 @@ class Training:
     def poll(self, token: str, current: str) -> tuple:
         self.token.check(token)
         return self.run_view(self.admin.training_status(current))
+
+    def follow_active(self, token: str, current: str | None) -> tuple:
+        """Opening the tab shows the run in progress, whichever replica started it (one runs at a time)."""
+        if current is not None or not self.token.valid(token):
+            return (gr.skip(),) * 5
+        status = self.admin.active_training()
+        if status is None:
+            return (gr.skip(),) * 5
+        return (status["run_id"], *self.run_view(status))
 
     @user_errors
     def rollback(self, token: str, name: str | None) -> str:

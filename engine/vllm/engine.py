@@ -64,8 +64,8 @@ class VLLMEngine(ChatEngine):
         """The server's ``--max-model-len``: what it accepts, whatever the model's config allows."""
         return int(self._base_entry().get("max_model_len") or 2048)
 
-    def ping(self) -> float:
-        return self.client.ping()
+    def ping(self) -> None:
+        self.client.ping()
 
     # ---- adapters
 
