@@ -161,10 +161,16 @@ def test_concurrent_writers_in_threads_and_processes_lose_nothing(location):
     assert [m["role"] for m in history] == ["user", "assistant"] * (1 + 4 * 40)
 
 
+def _open_together(url: str, together) -> None:
+    together.wait(timeout=60)  # every interpreter has started and imported: they open the log at one moment
+    ConversationLog(url)
+
+
 def test_migrations_on_postgresql_are_applied_once_by_processes_that_open_a_new_log_at_once(postgres):
     url = postgres.new_database()
     context = multiprocessing.get_context("spawn")
-    openers = [context.Process(target=ConversationLog, args=(url,)) for _ in range(3)]
+    together = context.Barrier(3)
+    openers = [context.Process(target=_open_together, args=(url, together)) for _ in range(3)]
     for opener in openers:
         opener.start()
     for opener in openers:
