@@ -189,8 +189,11 @@ class PostgresDatabase(Database):
         """The connection pool, opened on first use and again after the server went away: a new pool tries
         at once, where the old one would wait out a back-off that doubles with every failed attempt."""
         with self._pooling:
+            if self._pool is not None:
+                return self._pool
+        self._answers()  # outside the lock: callers that find a silent server down wait their timeouts side by side
+        with self._pooling:
             if self._pool is None:
-                self._answers()
                 self._pool = self._pool_class(
                     self.url,
                     min_size=1,
