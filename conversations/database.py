@@ -189,6 +189,10 @@ class PostgresDatabase(Database):
         """The connection pool, opened on first use and again after the server went away: a new pool tries
         at once, where the old one would wait out a back-off that doubles with every failed attempt."""
         with self._pooling:
+            if self._pool is not None:
+                return self._pool
+        self._answers()  # outside the lock: callers that find a silent server down wait their timeouts side by side
+        with self._pooling:
             if self._pool is None:
                 self._pool = self._pool_class(
                     self.url,
@@ -203,6 +207,17 @@ class PostgresDatabase(Database):
                 )
                 self._pool.open(wait=False)
             return self._pool
+
+    def _answers(self) -> None:
+        """Connect once before a new pool: a server that is down refuses in milliseconds, where a new pool
+        would wait out its whole timeout for a first connection, so every call during an outage after the
+        first one is a prompt 503 instead of one held for CONNECT_TIMEOUT_S."""
+        import psycopg
+
+        try:
+            psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S).close()
+        except psycopg.OperationalError as exc:
+            raise self._down(exc) from exc
 
     def _drop_pool(self, pool) -> None:
         with self._pooling:

@@ -161,10 +161,16 @@ def test_concurrent_writers_in_threads_and_processes_lose_nothing(location):
     assert [m["role"] for m in history] == ["user", "assistant"] * (1 + 4 * 40)
 
 
+def _open_together(url: str, together) -> None:
+    together.wait(timeout=60)  # every interpreter has started and imported: they open the log at one moment
+    ConversationLog(url)
+
+
 def test_migrations_on_postgresql_are_applied_once_by_processes_that_open_a_new_log_at_once(postgres):
     url = postgres.new_database()
     context = multiprocessing.get_context("spawn")
-    openers = [context.Process(target=ConversationLog, args=(url,)) for _ in range(3)]
+    together = context.Barrier(3)
+    openers = [context.Process(target=_open_together, args=(url, together)) for _ in range(3)]
     for opener in openers:
         opener.start()
     for opener in openers:
@@ -179,13 +185,20 @@ def test_migrations_on_postgresql_are_applied_once_by_processes_that_open_a_new_
 def test_a_postgresql_that_stops_gives_unavailable_then_the_same_log_recovers(postgres):
     log = ConversationLog(postgres.new_database())
     first = log_one(log)
-    log.ping()
+    postgres.stop()
+    postgres.start()
+    log.ping()  # a restart between two calls goes unnoticed: the pool replaces the connection it broke
     postgres.stop()
     try:
+        waits = []
         for call in (log.ping, lambda: log_one(log), lambda: log.add_feedback(first.message_id, "up"), log.count_messages):
+            started = time.perf_counter()
             with pytest.raises(UnavailableError, match="conversation database at 127.0.0.1:") as refused:
                 call()
+            waits.append(time.perf_counter() - started)
             assert refused.value.status_code == 503 and refused.value.retry_after > 0
+        # The first call finds the pool's connection gone and waits out the pool; the next ones are refused at once.
+        assert max(waits[1:]) < 1.0, waits
     finally:
         postgres.start()
     log.ping()
