@@ -7,9 +7,10 @@ lock, is used only while its token matches Chroma's; otherwise it is rebuilt
 from Chroma's chunks (after a crash, on a fresh machine, or after another
 replica changed the collection on a shared Chroma server).
 
-The token is read before the chunks, and every writer records a fresh one
-after its writes, so an index built from a scan that raced a write is
-labelled with a token that is already stale and is rebuilt at the next check.
+The token is read before the chunks, and a writer without the lock records
+a fresh one after its writes (:meth:`knowledge.writer.Writer._settle`), so an
+index built from a scan that raced a write is labelled with a token that is
+already stale, and is rebuilt at the next check.
 One thread rebuilds a collection at a time; queries meanwhile keep the
 previous, complete index, and wait only when there is none yet.
 """
