@@ -11,7 +11,8 @@ The work is done by parts, each in its own module: the Chroma collections
 the writer (:mod:`knowledge.writer`) and hybrid search
 (:mod:`knowledge.retrieval`). Chroma is the source of truth; the lexical
 index is derived from it and checked against it whenever it is read from
-disk or, for instances that do not hold the lock, before every use.
+disk or, for instances that do not hold the lock, at most every
+``knowledge.refresh_s`` seconds on a Chroma server (before every use otherwise).
 """
 
 from __future__ import annotations
@@ -84,9 +85,10 @@ class KnowledgeBase:
             self._lock.release()
             self._lock = None
 
-    def ping(self) -> None:
-        """Raise UnavailableError when the Chroma store does not answer (``/health``)."""
-        self._collections.store.ping()
+    def ping(self) -> float:
+        """Milliseconds a heartbeat to the Chroma server (or the embedded store) takes; UnavailableError when
+        the server does not answer (``/health``)."""
+        return self._collections.store.ping()
 
     # ---- writing
 

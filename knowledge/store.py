@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,29 +78,40 @@ class ChromaStore:
     """The chunks of every knowledge collection in Chroma; the one place that speaks Chroma's API."""
 
     def __init__(self, folder: Path, url: str | None = None) -> None:
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-
-        chroma_settings = ChromaSettings(anonymized_telemetry=False)
         if url:
             parsed = urlparse(url)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise ConfigError(f"knowledge.chroma_url {url!r} is not an http(s) URL")
-            try:
-                self.client = chromadb.HttpClient(
-                    host=parsed.hostname,
-                    port=parsed.port or (443 if parsed.scheme == "https" else 80),
-                    ssl=parsed.scheme == "https",
-                    settings=chroma_settings,
-                )
-            except Exception as exc:  # chromadb raises ValueError or transport errors, depending on the failure
-                raise ConfigError(f"cannot reach the Chroma server at {url} ({exc})") from exc
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            self.client = chromadb.PersistentClient(str(folder), settings=chroma_settings)
         self.remote = bool(url)
         self.url = url
-        self._batch = min(self.client.get_max_batch_size(), _PAGE)
+        self._folder = folder
+        self._client = None
+        self._batch = _PAGE
+
+    @property
+    def client(self):
+        """The chromadb client, made on first use: a replica that starts while the server is down serves
+        everything else, answers 503 for knowledge, and connects once the server is back."""
+        if self._client is None:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+
+            chroma_settings = ChromaSettings(anonymized_telemetry=False)
+            if self.url:
+                parsed = urlparse(self.url)
+                with self.reachable():
+                    client = chromadb.HttpClient(
+                        host=parsed.hostname,
+                        port=parsed.port or (443 if parsed.scheme == "https" else 80),
+                        ssl=parsed.scheme == "https",
+                        settings=chroma_settings,
+                    )
+            else:
+                self._folder.mkdir(parents=True, exist_ok=True)
+                client = chromadb.PersistentClient(str(self._folder), settings=chroma_settings)
+            self._batch = min(client.get_max_batch_size(), _PAGE)
+            self._client = client
+        return self._client
 
     @contextmanager
     def reachable(self) -> Iterator[None]:
@@ -110,14 +122,24 @@ class ChromaStore:
         try:
             yield
         except httpx.TransportError as exc:
-            raise UnavailableError(
-                f"the Chroma server at {self.url} does not answer ({type(exc).__name__}); try again shortly",
-                retry_after=RETRY_AFTER_S,
-            ) from exc
+            raise self._unavailable(exc) from exc
+        except ValueError as exc:  # how chromadb's client reports a refused connection when it is made
+            if not isinstance(exc.__context__, httpx.TransportError):
+                raise
+            raise self._unavailable(exc.__context__) from exc
 
-    def ping(self) -> None:
+    def _unavailable(self, exc: Exception) -> UnavailableError:
+        return UnavailableError(
+            f"the Chroma server at {self.url} does not answer ({type(exc).__name__}); try again shortly",
+            retry_after=RETRY_AFTER_S,
+        )
+
+    def ping(self) -> float:
+        """Milliseconds a heartbeat takes; UnavailableError when the server does not answer."""
+        start = time.perf_counter()
         with self.reachable():
             self.client.heartbeat()
+        return (time.perf_counter() - start) * 1000.0
 
     def names(self) -> list[str]:
         names = []
@@ -153,21 +175,24 @@ class ChromaStore:
 
     def ids_of(self, collection, sources: list[str]) -> list[str]:
         """Ids of every chunk of these documents."""
-        return collection.get(where={"source": {"$in": sources}}, include=[])["ids"]
+        with self.reachable():  # here too: a writer tells an outage from a document the store refuses
+            return collection.get(where={"source": {"$in": sources}}, include=[])["ids"]
 
     def write(self, collection, ids: list[str], vectors: np.ndarray, texts: list[str], metadatas: list[dict]) -> None:
         for start in range(0, len(ids), self._batch):
             end = start + self._batch
-            collection.upsert(
-                ids=ids[start:end],
-                embeddings=vectors[start:end],
-                documents=texts[start:end],
-                metadatas=metadatas[start:end],
-            )
+            with self.reachable():
+                collection.upsert(
+                    ids=ids[start:end],
+                    embeddings=vectors[start:end],
+                    documents=texts[start:end],
+                    metadatas=metadatas[start:end],
+                )
 
     def delete(self, collection, ids: list[str]) -> None:
         for start in range(0, len(ids), self._batch):
-            collection.delete(ids=ids[start : start + self._batch])
+            with self.reachable():
+                collection.delete(ids=ids[start : start + self._batch])
 
     def query(self, collection, vector: np.ndarray, n: int, where: dict | None) -> list[tuple[str, float, str, dict]]:
         """Nearest chunks as (id, cosine similarity, text, metadata), best first."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.errors import ConfigError, NotFoundError
+from core.errors import ConfigError, NotFoundError, UnavailableError
 from core.sections import KnowledgeConfig
 from knowledge.chunking import Chunker
 from knowledge.collections import Collections
@@ -79,7 +79,7 @@ class Writer:
             chroma = self._collections.get(collection, fresh=True)
             if chroma is not None:
                 self._collections.check_model(collection, chroma)
-            index = self._indexes.get(collection, chroma) if chroma is not None else LexicalIndex.empty()
+            index = self._indexes.get(collection, chroma, wait=True) if chroma is not None else LexicalIndex.empty()
             prepared = self._prepare(expand(paths, report), index, report, progress, replace, uploaded)
             if not prepared:
                 return report
@@ -100,7 +100,7 @@ class Writer:
             ids = store.ids_of(chroma, [source])
             if not ids:
                 raise NotFoundError(f"no document '{source}' in collection '{collection}'")
-            index = self._indexes.get(collection, chroma)
+            index = self._indexes.get(collection, chroma, wait=True)
             state = self._collections.new_state(chroma)
             store.delete(chroma, ids)
             self._settle(collection, chroma, index.with_changes({source}, [], state))
@@ -115,7 +115,7 @@ class Writer:
             self._indexes.publish(collection, changed)
             return
         self._collections.new_state(chroma)
-        self._indexes.get(collection, chroma)
+        self._indexes.get(collection, chroma, wait=True)
 
     def _prepare(
         self, files: list[Path], index: LexicalIndex, report: IngestReport, progress: bool, replace: bool, uploaded: bool
@@ -157,6 +157,8 @@ class Writer:
                 self._replace(chroma, rows)
                 written.extend((row.record, row.searchable) for row in rows)
                 continue
+            except UnavailableError:
+                raise  # the store is down, not refusing these documents: the whole ingest is a 503
             except Exception as exc:  # the store refused the group; it was rolled back
                 if len(rows) == 1:
                     report.skip(rows[0].document.path, _store_failure(exc))
@@ -164,6 +166,8 @@ class Writer:
             for row in rows:
                 try:
                     self._replace(chroma, [row])
+                except UnavailableError:
+                    raise
                 except Exception as exc:  # the store refused this document; it was rolled back
                     report.skip(row.document.path, _store_failure(exc))
                     continue

@@ -451,6 +451,7 @@ def test_one_writer_at_a_time_readers_welcome(tmp_path, encoder):
             KnowledgeBase(settings, encoder)
         with KnowledgeBase(settings, encoder, read_only=True) as reader:
             assert reader.search("How often does the ferry leave?", ["travel"])[0].source == "a.md"
+            assert writer.ping() > 0 and reader.ping() > 0  # the embedded store answers a heartbeat too
             with pytest.raises(SwitchboardError, match="read-only"):
                 reader.ingest([tmp_path / "a.md"], "travel")
     with KnowledgeBase(settings, encoder) as writer:  # released on close

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -101,16 +102,69 @@ def test_two_processes_ingesting_at_once_lose_nothing(server, reader, encoder, t
     wait_until(lambda: {d["source"]: d["chunks"] for d in reader.list_documents(COLLECTION)} == listed, reader.config.refresh_s + LATE)
 
 
-def test_a_chroma_server_that_stops_gives_unavailable_then_the_same_knowledge_base_recovers(server, reader):
-    reader.ping()
+def test_two_instances_writing_at_once_each_end_with_the_others_documents(server, encoder, tmp_path):
+    """Two replicas ingest one file at a time, interleaved, from two threads: each writer, not only a newcomer,
+    ends with every document (a writer that kept the index it derived would miss the other's)."""
+    words = ["aardvark", "bison", "caracal", "dingo", "echidna", "fossa"]
+    paths = [
+        write(tmp_path / "docs", f"{word}.md", f"# The {word}\n\n" + f"The {word} enclosure is cleaned at {n}:30. " * 40)
+        for n, word in enumerate(words)
+    ]
+    settings = [
+        load_settings({"home": tmp_path / f"w{n}", "knowledge": {"chroma_url": server.url}}, environ={}) for n in range(2)
+    ]
+    writers = [KnowledgeBase(s, encoder) for s in settings]
+    start = threading.Barrier(2)
+
+    def ingest(n: int) -> int:
+        start.wait()
+        return sum(writers[n].ingest([path], "enclosures").chunks for path in paths[n::2])
+
+    with ThreadPoolExecutor(2) as pool:
+        chunks = sum(pool.map(ingest, range(2)))
+    for writer in writers:
+        with writer:
+            wait_until(
+                lambda kb=writer: all(
+                    [p.source for p in kb.retrieve(word, ["enclosures"], mode="lexical")][:1] == [f"{word}.md"]
+                    for word in words
+                ),
+                writer.config.refresh_s + LATE,
+            )
+            assert sum(d["chunks"] for d in writer.list_documents("enclosures")) == chunks
+
+
+def test_a_replica_started_while_chroma_is_down_serves_knowledge_once_it_is_back(server, encoder, tmp_path):
     server.stop()
     try:
-        for call in (reader.ping, lambda: reader.retrieve("ferry line", [COLLECTION], min_score=0.0), reader.list_collections):
+        settings = load_settings({"home": tmp_path / "late", "knowledge": {"chroma_url": server.url}}, environ={})
+        late = KnowledgeBase(settings, encoder)  # starts: the rest of a replica does not need Chroma
+        with pytest.raises(UnavailableError, match=f"Chroma server at {server.url} does not answer"):
+            late.retrieve("ferry line", [COLLECTION])
+    finally:
+        server.start()
+    with late:
+        assert late.ping() > 0
+        late.ingest([write(tmp_path / "docs", "kiosk.md", "# Kiosk\n\nThe ticket kiosk sells zephyr passes.")], "late")
+        assert late.retrieve("zephyr passes", ["late"], mode="lexical")[0].source == "kiosk.md"
+
+
+def test_a_chroma_server_that_stops_gives_unavailable_then_the_same_knowledge_base_recovers(server, reader, tmp_path):
+    assert reader.ping() > 0  # milliseconds
+    notes = write(tmp_path / "docs", "notes.md", "# Notes\n\nThe ferry office opens at 8.")
+    server.stop()
+    try:
+        for call in (
+            reader.ping,
+            lambda: reader.retrieve("ferry line", [COLLECTION], min_score=0.0),
+            reader.list_collections,
+            lambda: reader.ingest([notes], COLLECTION),
+        ):
             time.sleep(reader.config.refresh_s)  # past what this replica remembers of the collection
             with pytest.raises(UnavailableError, match=f"Chroma server at {server.url} does not answer") as refused:
                 call()
             assert refused.value.status_code == 503 and refused.value.retry_after > 0
     finally:
         server.start()
-    reader.ping()
+    assert reader.ping() > 0
     assert reader.retrieve("Which pier does ferry line 0-3 leave from?", [COLLECTION], mode="lexical")[0].source == "pier0.md"
