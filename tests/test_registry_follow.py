@@ -1,7 +1,8 @@
 """Replicas sharing one registry folder (``registry_dir``): a change made through one is served by the other.
 
-Two real Parts on their own homes and engines, one shared adapters folder; the second follows what the first
-did through its admin's ``follow`` (what ``switchboard serve`` runs every ``server.follow_s``).
+Two real Parts on their own homes, one shared adapters folder; the first only changes the registry (it never
+loads a model), the second serves and follows what the first did through its admin's ``follow`` (what
+``switchboard serve`` runs every ``server.follow_s``).
 """
 
 from __future__ import annotations
@@ -74,9 +75,9 @@ def test_install_rollback_disable_and_remove_on_one_replica_are_followed_by_the_
 
 
 def test_health_reports_each_part_with_its_latency(pair):
-    a, _ = pair
-    a.warm()
-    report = a.admin.health()
+    _, b = pair
+    b.warm()  # a serving replica has built every part (the first test warmed it already)
+    report = b.admin.health()
     assert report["status"] == "ok"
     assert set(report["parts"]) == {"registry", "engine", "database", "knowledge"}
     assert all(part["status"] == "ok" and part["latency_ms"] >= 0 for part in report["parts"].values())
