@@ -15,6 +15,7 @@ restarted server costs the requests made while it was down and nothing after.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import zlib
@@ -269,6 +270,10 @@ class PostgresDatabase(Database):
             if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
                 raise LockedError(f"{name} is held by another process on {self.where}")
             yield
+            # Released before the block's caller goes on: closing alone ends the server's session a moment
+            # later, and a caller taking the lock again at once would find it held.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
         finally:
             conn.close()
 

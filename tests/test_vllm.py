@@ -4,7 +4,8 @@ The same product in front, tokens from vLLM behind: the answers are the
 embedded engine's, token for token, on a float32 base; every adapter change
 reaches the server; a server that restarts or goes away is survived; what a
 request carries passes through; a client that goes away stops its request
-in the server.
+in the server. A training run's deploy served through vLLM is in
+tests/test_replicas.py, whose replicas generate on this server.
 """
 
 from __future__ import annotations
@@ -192,25 +193,6 @@ def test_install_rollback_and_remove_reach_the_server(app, vllm_parts, vllm_serv
 
     assert httpx.delete(f"{app}/admin/adapters/pricing", headers=ADMIN, timeout=60).status_code == 200
     wait_until(lambda: not any(k.startswith("pricing__") for k in served(vllm_server)))
-
-
-def test_a_training_deploy_is_served_by_vllm(app, vllm_parts, vllm_server):
-    log = vllm_parts.log
-    for i in range(30):
-        ids = log.log_turn(None, f"Question {i}?", f"Answer {i}. {STYLE_SIGN_OFF}", adapter=None, adapter_version=None,
-                           confidence=0.2, sources=[], latency_ms=10, prompt_tokens=10, completion_tokens=5)
-        log.add_feedback(ids.message_id, "up")
-    request = {"adapter": "trained", "from_logs": True, "log_adapter": "base", "max_steps": 1, "rank": 4, "force": True,
-               "gradient_checkpointing": False, "description": "Deployed by a training run"}
-    started = httpx.post(f"{app}/admin/train", headers=ADMIN, json=request, timeout=60)
-    assert started.status_code == 202, started.text
-    run = started.json()["run_id"]
-    while (status := httpx.get(f"{app}/admin/train/{run}", headers=ADMIN, timeout=60).json())["state"] in ("queued", "running"):
-        time.sleep(0.5)
-    assert status["state"] == "succeeded", status
-    answer = chat(app, "trained", "Question 1?")
-    assert answer.status_code == 200 and answer.json()["switchboard"]["adapter"] == "trained"
-    assert vllm_parts.registry.get("trained").key in served(vllm_server)
 
 
 # ---- a server that restarts or goes away
