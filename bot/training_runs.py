@@ -21,7 +21,7 @@ from typing import Any
 
 from adapters.registry import Registry
 from conversations.log import ConversationLog
-from conversations.runs import RunRecords
+from conversations.runs import ACTIVE_STATES, RunRecords
 from core.errors import LockedError, NotFoundError, SwitchboardError
 from core.files import write_json_atomic
 from core.settings import Settings
@@ -33,7 +33,6 @@ from training.train import new_run_id, run_outcome, train_adapter
 log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "succeeded", "rejected", "failed", "cancelled")  # rejected: the gate said no
-ACTIVE = ("queued", "running")
 LOCK = "training"
 
 
@@ -55,7 +54,7 @@ class RunManager:
         if not isinstance(request, TrainRequest):
             request = parse_request(request)
         with self._lock:
-            if any(s["state"] in ACTIVE for s in self._runs.values()):
+            if any(s["state"] in ACTIVE_STATES for s in self._runs.values()):
                 raise LockedError("a training run is already in progress; wait for it to finish")
             held = self._take_lock()
             run_id = new_run_id()
@@ -116,7 +115,7 @@ class RunManager:
         """
         with self._lock:
             for status in self._runs.values():
-                if status["state"] in ACTIVE:
+                if status["state"] in ACTIVE_STATES:
                     return json.loads(json.dumps(status, default=str))
         recorded = self.records.active()
         if not recorded:

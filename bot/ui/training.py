@@ -17,6 +17,7 @@ import gradio as gr
 from pydantic.fields import FieldInfo
 
 from bot.admin import Admin
+from bot.training_runs import ACTIVE_STATES
 from bot.ui.guard import PRIVATE, AdminToken, given, user_errors
 from bot.ui.views import dataset_markdown, loss_frame, plain, report_markdown, run_markdown
 from core.errors import InvalidRequestError
@@ -25,7 +26,6 @@ from training.request import Control, bound, fields_with, parse_request, value_t
 
 THIS_ADAPTER = "(this adapter)"  # not a valid adapter name, so it cannot shadow one
 POLL_SECONDS = 2.0
-ACTIVE_STATES = ("queued", "running")
 
 
 class Training:
