@@ -172,6 +172,7 @@ def test_kill_9_mid_training_installs_nothing_and_a_new_run_starts(base_model_di
     wait_for(lambda: re.search(r"training: .*\b[1-9]\d*/400", "".join(seen)), 600, process, seen)  # a step finished
     kill(process)
     assert Registry(home / "adapters").names() == []  # nothing half installed
+    assert not any((home / "adapters" / ".staging").glob("*"))
     done = switchboard(home, "train", "--adapter", "sums", "--data", str(data), "--max-steps", "1", "--force",
                        "--json", base_model=base_model_dir, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]

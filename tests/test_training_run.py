@@ -2,22 +2,17 @@
 
 One module-scoped run trains a real adapter from the log; the other tests
 reuse its home: a worse candidate is rejected, --force installs it, rollback
-returns in one step, a killed run changes nothing, and the CLI evaluates.
+returns in one step, and the CLI evaluates (a run killed mid-training: test_kill_trials).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from cli import ROOT, cli_env, command, switchboard
+from cli import switchboard
 from conftest import STYLE_HELD_OUT_PROMPTS, STYLE_SIGN_OFF
 
 from bot.parts import Parts
@@ -69,9 +64,10 @@ def trained(make_settings, tmp_path_factory):
     home = tmp_path_factory.mktemp("train-home")
     parts = Parts(make_settings(home))
     log_conversations(parts)
-    # Gradient checkpointing only saves memory a 135M model does not need (a third of the step time); the killed-run
-    # test below runs the default recipe, checkpointing included, through the CLI.
-    request = TrainRequest(adapter="signoff", from_logs=True, log_adapter="base", max_steps=24, learning_rate=1e-3, rank=8,
+    # Gradient checkpointing only saves memory a 135M model does not need (a third of the step time), and LoRA dropout's
+    # random masks are a seventh of a CPU step; 16 steps teach the sign-off (8 of 8 held-out prompts). The killed-run
+    # test below runs the default recipe, checkpointing and dropout included, through the CLI.
+    request = TrainRequest(adapter="signoff", from_logs=True, log_adapter="base", max_steps=16, learning_rate=1e-3, rank=8, dropout=0.0,
                            gradient_checkpointing=False, description="Signs off every answer")
     phases: list[str] = []
     report = train_adapter(
@@ -132,7 +128,7 @@ def test_the_run_folder_holds_config_history_curve_and_candidate(trained):
         assert (run_dir / name).is_file(), name
     history = json.loads((run_dir / "log_history.json").read_text())
     assert any("eval_loss" in entry for entry in history)  # held-out loss every epoch
-    assert report["training"]["steps"] <= 24
+    assert report["training"]["steps"] <= 16
     manifest = parts.registry.get("signoff")
     assert manifest.provenance["run_id"] == report["run_id"] and manifest.provenance["forced"] is False
     assert manifest.provenance["dataset_hash"] == report["dataset"]["content_hash"]
@@ -170,33 +166,6 @@ def test_a_worse_candidate_is_rejected_force_installs_it_and_rollback_returns(tr
 
     assert parts.registry.rollback("signoff").version == 1
     assert parts.registry.get("signoff").version == 1
-
-
-def test_a_killed_run_leaves_the_registry_untouched(trained, tmp_path):
-    parts, _, _ = trained
-    registry = parts.registry
-    before = ([(m.version, m.path) for m in registry.versions("signoff")], registry.get("signoff").version, registry.revision())
-    data = tmp_path / "more.jsonl"
-    data.write_text("".join(json.dumps({"instruction": q, "output": f"{a} {STYLE_SIGN_OFF}"}) + "\n" for q, a in zip(QUESTIONS, ANSWERS)))
-    process = subprocess.Popen(
-        command("train", "--adapter", "signoff", "--data", str(data), "--max-steps", "500"),
-        cwd=ROOT, env=cli_env(parts.settings.home, parts.settings.base_model), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    seen: list[str] = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 900
-        while not re.search(r"training: .*\b[1-9]\d*/500", "".join(seen)):  # the progress bar shows a finished step
-            assert process.poll() is None, "".join(seen)[-2000:]
-            assert time.monotonic() < deadline, "no training step within the time limit"
-            time.sleep(0.2)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    after = ([(m.version, m.path) for m in registry.versions("signoff")], registry.get("signoff").version, registry.revision())
-    assert after == before
-    assert not any((parts.settings.adapters_dir / ".staging").glob("*"))
 
 
 def test_eval_command_reports_an_installed_adapter(trained, tmp_path):
