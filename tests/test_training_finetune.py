@@ -64,6 +64,29 @@ def test_loss_mask_covers_the_answer_and_its_end_of_turn_token(base_and_adapter)
     )
 
 
+
+def test_held_out_loss_equals_the_models_own_loss_on_the_answer_tokens(base_and_adapter):
+    """Scoring only the answer positions, batched over chats of different lengths, changes no figure."""
+    import torch
+
+    from training.chat_template import assistant_spans, training_template
+    from training.evaluate import answer_nll
+
+    base, peft_model = base_and_adapter
+    tokenizer, template = base.tokenizer, training_template(base.tokenizer)
+    chats = style_chats()[:5]
+    total, tokens = 0.0, 0
+    for chat in chats:
+        ids, mask = assistant_spans(tokenizer, chat, template)
+        labels = torch.tensor([[t if m else -100 for t, m in zip(ids, mask)]])
+        with torch.no_grad():
+            loss = peft_model(input_ids=torch.tensor([ids]), labels=labels).loss
+        total, tokens = total + float(loss) * sum(mask), tokens + sum(mask)
+    report = answer_nll(peft_model, tokenizer, chats, template, batch_size=3)
+    assert report.tokens == tokens
+    assert report.loss == pytest.approx(total / tokens, abs=1e-4)
+
+
 def test_a_run_prints_nothing_on_stdout(make_settings, tmp_path, capfd):
     """`switchboard train --json` promises one JSON document on stdout: the trainer's own log lines must not land there."""
     from training.finetune import finetune

@@ -231,12 +231,15 @@ def answer_nll(model, tokenizer, chats: Sequence[Chat], template: str, max_lengt
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention[row, : len(ids)] = 1
             labels[row, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
+        # Only the positions that predict an answer token need the output layer: the prompt with its sources is
+        # most of each row, and a vocabulary-wide row of logits per prompt token is most of the time and memory.
+        scored = (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(1)
+        targets = labels[:, scored + 1].to(model.device)
         with torch.no_grad():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
-        shifted = labels[:, 1:].to(logits.device)
-        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), shifted.reshape(-1), ignore_index=-100, reduction="sum")
-        total += float(nll)
-        tokens += int((shifted != -100).sum())
+            out = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), logits_to_keep=scored.to(model.device))
+        logits = out.logits.float()
+        total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"))
+        tokens += int((targets != -100).sum())
     return LossReport.of(total, tokens)
 
 
