@@ -64,7 +64,6 @@ def test_loss_mask_covers_the_answer_and_its_end_of_turn_token(base_and_adapter)
     )
 
 
-
 def test_held_out_loss_equals_the_models_own_loss_on_the_answer_tokens(base_and_adapter):
     """Scoring only the answer positions, batched over chats of different lengths, changes no figure."""
     import torch

@@ -65,8 +65,8 @@ def trained(make_settings, tmp_path_factory):
     parts = Parts(make_settings(home))
     log_conversations(parts)
     # Gradient checkpointing only saves memory a 135M model does not need (a third of the step time), and LoRA dropout's
-    # random masks are a seventh of a CPU step; 16 steps teach the sign-off (8 of 8 held-out prompts). The killed-run
-    # test below runs the default recipe, checkpointing and dropout included, through the CLI.
+    # random masks are a seventh of a CPU step; 16 steps teach the sign-off (8 of 8 held-out prompts). The default
+    # recipe, checkpointing and dropout included, runs through the CLI in test_kill_trials' killed run.
     request = TrainRequest(adapter="signoff", from_logs=True, log_adapter="base", max_steps=16, learning_rate=1e-3, rank=8, dropout=0.0,
                            gradient_checkpointing=False, description="Signs off every answer")
     phases: list[str] = []
