@@ -81,6 +81,43 @@ def wait_for(
         time.sleep(every)
 
 
+class InIdleTime:
+    """``switchboard *args`` started now and collected later, on the CPU time the rest of the suite leaves idle.
+
+    Most of the suite keeps one core busy (HTTP, SQLite, Chroma, one process at
+    a time), so a long command such as the demo bootstrap can run beside it:
+    under ``SCHED_IDLE`` it gets a core only while no test wants it, and with
+    one torch thread it needs only one. Its tests run last and collect it.
+    Where the kernel groups processes by session (autogroup), a session's group
+    weighs as much as any other whatever its tasks' policy, so the command's
+    session gets the lowest group weight too; without that it took half the
+    cores from a training run the suite was waiting for.
+    """
+
+    def __init__(self, home: Path, base_model: Path, *args: str) -> None:
+        self.stdout, self.stderr = home.with_suffix(".stdout"), home.with_suffix(".stderr")
+        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+            self.process = subprocess.Popen(
+                command(*args), cwd=ROOT, env={**cli_env(home, base_model), "OMP_NUM_THREADS": "1"}, stdout=out,
+                stderr=err, start_new_session=True,
+            )
+        os.sched_setscheduler(self.process.pid, os.SCHED_IDLE, os.sched_param(0))
+        autogroup = Path(f"/proc/{self.process.pid}/autogroup")
+        if autogroup.exists():
+            autogroup.write_text("19")
+
+    def result(self, timeout: float) -> subprocess.CompletedProcess:
+        """Once it has ended (what is left runs on an idle machine: the suite waits here)."""
+        code = self.process.wait(timeout=timeout)
+        return subprocess.CompletedProcess(
+            self.process.args, code, self.stdout.read_text(encoding="utf-8"), self.stderr.read_text(encoding="utf-8", errors="replace")
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            kill(self.process)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

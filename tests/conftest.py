@@ -13,6 +13,8 @@ from core.settings import Settings, load_settings
 
 BASE_DIR = pytest.StashKey[Path]()
 VLLM = pytest.StashKey[object]()
+DEMO_HOME = pytest.StashKey[Path]()
+DEMO_BOOTSTRAP = pytest.StashKey[object]()
 
 
 def converted_base(config: pytest.Config) -> Path:
@@ -31,19 +33,47 @@ def base_model_dir(pytestconfig) -> Path:
     return converted_base(pytestconfig)
 
 
+def uses(item: pytest.Item, fixture: str) -> bool:
+    return fixture in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(trylast=True)  # after -m and -k deselected what will not run
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A vLLM server takes about a minute to load: start it now, so it loads while the tests before it run."""
-    if any("vllm_server" in getattr(item, "fixturenames", ()) for item in items):
+    """Start the slow servers and commands now, so they load while the tests before them run.
+
+    A vLLM server takes about a minute to load. The demo bootstrap trains two
+    adapters (6 to 9 minutes on 2 cores): it runs in the CPU time the other
+    tests leave idle (tests/cli.py: InIdleTime), and the tests that ask it run last.
+    """
+    if config.option.collectonly:
+        return
+    if any(uses(item, "vllm_server") for item in items):
         from engine.vllm.process import VLLMProcess
 
         log_file = config._tmp_path_factory.mktemp("vllm") / "server.log"
         config.stash[VLLM] = VLLMProcess(converted_base(config), log_file).start()
+    demo = [item for item in items if uses(item, "demo_bootstrap")]
+    if demo:
+        from cli import InIdleTime
+
+        config.stash[DEMO_HOME] = home = config._tmp_path_factory.mktemp("demo-home")
+        config.stash[DEMO_BOOTSTRAP] = InIdleTime(home, converted_base(config), "bootstrap", "--json")
+        items[:] = [item for item in items if not uses(item, "demo_bootstrap")] + demo
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if VLLM in session.config.stash:
         session.config.stash[VLLM].stop()
+    if DEMO_BOOTSTRAP in session.config.stash:
+        session.config.stash[DEMO_BOOTSTRAP].stop()
+
+
+@pytest.fixture(scope="session")
+def demo_bootstrap(pytestconfig, make_settings):
+    """``switchboard bootstrap`` on a fresh home, as ``make run`` starts it, started at collection: (settings, its
+    finished process)."""
+    done = pytestconfig.stash[DEMO_BOOTSTRAP].result(timeout=1500)
+    return make_settings(pytestconfig.stash[DEMO_HOME]), done
 
 
 @pytest.fixture(scope="session")
