@@ -208,3 +208,11 @@ def test_logs_export_prints_chat_jsonl_scrubbed(tmp_path):
     assert [json.loads(line)["metadata"]["adapter"] for line in lines] == ["other"]
     bad = run("--rating", "great")
     assert bad.returncode != 0 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_an_option_value_out_of_range_is_one_usage_error_not_a_traceback(tmp_path):
+    data = tmp_path / "chats.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}) + "\n")
+    bad = switchboard(tmp_path / "home", "train", "--adapter", "x", "--data", str(data), "--max-steps", "0", timeout=120)
+    assert bad.returncode == 2 and "--max-steps" in bad.stderr and "greater than or equal to 1" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "home" / "runs").exists()  # refused before any work
