@@ -95,7 +95,7 @@ class InIdleTime:
     """
 
     def __init__(self, home: Path, base_model: Path, *args: str) -> None:
-        self.stdout, self.stderr = home.with_suffix(".stdout"), home.with_suffix(".stderr")
+        self.home, self.stdout, self.stderr = home, home.with_suffix(".stdout"), home.with_suffix(".stderr")
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             self.process = subprocess.Popen(
                 command(*args), cwd=ROOT, env={**cli_env(home, base_model), "OMP_NUM_THREADS": "1"}, stdout=out,

@@ -13,7 +13,6 @@ from core.settings import Settings, load_settings
 
 BASE_DIR = pytest.StashKey[Path]()
 VLLM = pytest.StashKey[object]()
-DEMO_HOME = pytest.StashKey[Path]()
 DEMO_BOOTSTRAP = pytest.StashKey[object]()
 
 
@@ -56,7 +55,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if demo:
         from cli import InIdleTime
 
-        config.stash[DEMO_HOME] = home = config._tmp_path_factory.mktemp("demo-home")
+        home = config._tmp_path_factory.mktemp("demo-home")
         config.stash[DEMO_BOOTSTRAP] = InIdleTime(home, converted_base(config), "bootstrap", "--json")
         items[:] = [item for item in items if not uses(item, "demo_bootstrap")] + demo
 
@@ -72,8 +71,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def demo_bootstrap(pytestconfig, make_settings):
     """``switchboard bootstrap`` on a fresh home, as ``make run`` starts it, started at collection: (settings, its
     finished process)."""
-    done = pytestconfig.stash[DEMO_BOOTSTRAP].result(timeout=1500)
-    return make_settings(pytestconfig.stash[DEMO_HOME]), done
+    started = pytestconfig.stash[DEMO_BOOTSTRAP]
+    return make_settings(started.home), started.result(timeout=1500)
 
 
 @pytest.fixture(scope="session")
